@@ -1,0 +1,81 @@
+"""`DeltaMemLayer`: the δ-mem parameters of one attention layer (shared/DESIGN.md section 2).
+
+    q_t = l2norm(tanh(W_q h_t))      k_t = l2norm(tanh(W_k h_t))
+    v_t = W_v h_t                    b_t = sigmoid(W_b h_t + c_b)   (one gate per state row)
+    m_t = S q_t                      (read, before token t's write)
+    q_proj(h_t) + s U_q m_t          o_proj(a_t) + s U_o m_t         (s = alpha / r)
+
+The four input projections are stored as one `[4 H r, d]` matrix `W` (rows
+W_q; W_k; W_v; W_b) so that a token costs one matmul. The layer owns only
+δ-mem parameters; the base projections are read, never copied or changed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import DeltaMemConfig
+
+BETA_EPS = 1e-6  # keep gates strictly inside (0, 1) so log(1 - b) stays finite
+
+
+class DeltaMemLayer(nn.Module):
+    """Memory projections and corrections for one attention layer.
+
+    Args:
+        config: the adapter configuration.
+        hidden_size: `d`, the width of the attention block's input.
+        out_features: output width of each corrected projection, e.g. `{"q": 576, "o": 576}`.
+        base_weights: the base projection weights, used by the "base_slice" init.
+    """
+
+    def __init__(self, config: DeltaMemConfig, hidden_size: int, out_features: dict[str, int],
+                 base_weights: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.config = config
+        self.num_heads, self.rank = config.num_state_heads, config.rank
+        rows = config.state_rows
+        self.W = nn.Parameter(torch.empty(4 * rows, hidden_size))  # [W_q; W_k; W_v; W_b]
+        self.c_b = nn.Parameter(torch.full((rows,), config.gate_bias_init))
+        self.U = nn.ParameterDict({h: nn.Parameter(torch.zeros(out_features[h], rows)) for h in config.heads})
+        self.reset_parameters(base_weights or {})
+
+    def reset_parameters(self, base_weights: dict[str, torch.Tensor]) -> None:
+        rows = self.config.state_rows
+        with torch.no_grad():
+            for part in self.W[: 3 * rows].split(rows):  # W_q, W_k, W_v: Kaiming-uniform like nn.Linear
+                nn.init.kaiming_uniform_(part, a=math.sqrt(5))
+            self.W[3 * rows:].zero_()  # W_b = 0: every gate starts at sigmoid(c_b)
+            self.c_b.fill_(self.config.gate_bias_init)
+            for name, U in self.U.items():
+                U.zero_()
+                if self.config.init == "base_slice" and name in base_weights:
+                    cols = base_weights[name][:, : min(rows, base_weights[name].shape[1])].float()
+                    U[:, : cols.shape[1]] = 0.05 * cols / cols.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
+    def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`h [B, T, d]` -> `q, k, v, beta`, each `[B, T, H, r]` in float32."""
+        B, T, _ = h.shape
+        H, r = self.num_heads, self.rank
+        x = F.linear(h.to(self.W.dtype), self.W).float()  # [B, T, 4 H r]
+        q, k, v, g = x.view(B, T, 4, H, r).unbind(2)
+        q = F.normalize(torch.tanh(q), dim=-1, eps=1e-6)
+        k = F.normalize(torch.tanh(k), dim=-1, eps=1e-6)
+        beta = torch.sigmoid(g + self.c_b.float().view(H, r)).clamp(BETA_EPS, 1 - BETA_EPS)
+        return q, k, v, beta
+
+    def correction(self, name: str, m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`s * U_name m`: `m [B, T, H r]` -> `[B, T, out]` in the dtype of `like`."""
+        U = self.U[name]
+        return F.linear(m.to(U.dtype), U).mul_(self.config.scale).to(like.dtype)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"H={c.num_state_heads}, r={c.rank}, heads={c.heads}, granularity={c.write_granularity}, mode={c.update_mode}"
