@@ -69,7 +69,7 @@ class SpanWrite:
         if write_mask is not None:
             member = member & write_mask
         nxt_same = torch.zeros_like(member)
-        nxt_same[:, :-1] = member[:, 1:] & (span_ids[:, 1:] == span_ids[:, :-1])
+        nxt_same[:, :-1] = member[:, :-1] & member[:, 1:] & (span_ids[:, 1:] == span_ids[:, :-1])
         prv_same = torch.zeros_like(member)
         prv_same[:, 1:] = nxt_same[:, :-1]
         is_end, is_start = member & ~nxt_same, member & ~prv_same

@@ -1,0 +1,152 @@
+"""Token generation with a bound memory: greedy or sampled, streaming, batched rows.
+
+The memory is read-only while generating (`use_memory(write=False)`): a reply
+is written afterwards, as a message, like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..adapter import MemoryState, use_memory
+from ..adapter.model import get_delta_mem
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding options. Greedy unless `do_sample`."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+def stop_ids(model, tokenizer) -> set[int]:
+    """Token ids that end a reply: the generation config's EOS ids and the tokenizer's EOS."""
+    ids = set()
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """`logits [B, V]` -> next ids `[B]`."""
+    if not cfg.do_sample:
+        return logits.argmax(-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k:
+        kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > cfg.top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_tokens(model, prompts: list[list[int]], state: MemoryState | None, cfg: GenerationConfig,
+                    stop: set[int], pad_id: int) -> Iterator[list[int | None]]:
+    """Yield, at each step, the new token of every row (None once a row has stopped).
+
+    `prompts` are token id lists (left-padded into one batch); `state` has one
+    row per prompt, or is None for the bare backbone.
+    """
+    B = len(prompts)
+    if B == 0:
+        return
+    dev = next(model.parameters()).device
+    T = max(len(p) for p in prompts)
+    ids = torch.full((B, T), pad_id, dtype=torch.long, device=dev)
+    mask = torch.zeros(B, T, dtype=torch.long, device=dev)
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        ids[i, T - len(p):] = torch.tensor(p, device=dev)
+        mask[i, T - len(p):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    bound = use_memory(model, state, write=False) if state is not None else _nullcontext()
+    with bound:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        cache = out.past_key_values
+        logits = out.logits[:, -1]
+        for _ in range(cfg.max_new_tokens):
+            nxt = _pick(logits, cfg, gen).to(dev)
+            stopped = done | torch.tensor([int(t) in stop for t in nxt.tolist()], device=dev)
+            yield [None if stopped[i] else int(nxt[i]) for i in range(B)]
+            done = stopped
+            if bool(done.all()):
+                return
+            mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
+            pos = pos[:, -1:] + 1
+            out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos, past_key_values=cache,
+                        use_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[:, -1]
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def stream_text(tokenizer, token_stream: Iterator[list[int | None]]) -> Iterator[str]:
+    """Turn a single-row token stream into text pieces (whole characters only)."""
+    ids: list[int] = []
+    sent = ""
+    for step in token_stream:
+        t = step[0]
+        if t is None:
+            break
+        ids.append(t)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+            continue
+        if len(text) > len(sent):
+            yield text[len(sent):]
+            sent = text
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if len(text) > len(sent):
+        yield text[len(sent):]
+
+
+def kv_cache_bytes(model, tokens: int, bytes_per_value: int | None = None) -> int:
+    """Bytes of KV cache the backbone needs to hold `tokens` tokens of context."""
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    if bytes_per_value is None:
+        bytes_per_value = next(model.parameters()).element_size()
+    return 2 * c.num_hidden_layers * kv_heads * head_dim * tokens * bytes_per_value
+
+
+def has_memory(model) -> bool:
+    try:
+        get_delta_mem(model)
+        return True
+    except ValueError:
+        return False
