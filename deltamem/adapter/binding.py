@@ -4,7 +4,7 @@ The binding is an explicit object held in a context variable (so threads and
 async tasks never see each other's memory). Forward hooks installed by
 `attach_delta_mem` consult it:
 
-1. model pre-hook: records which tokens of this call are valid (the last `T`
+1. decoder pre-hook: records which tokens of this call are valid (the last `T`
    columns of the 2-D `attention_mask`) and checks shapes;
 2. attention pre-hook: reads (and, when writing, updates) the layer's state
    from the block's input `h`, with the layer's write strategy;
@@ -92,8 +92,9 @@ def _active(key) -> MemoryBinding | None:
     return None
 
 
-def install_hooks(model, dm, attns: dict) -> None:
-    """Register the hooks described in the module docstring. `attns`: layer id -> (attention, {name: proj})."""
+def install_hooks(decoder, dm, attns: dict) -> None:
+    """Register the hooks described in the module docstring on the decoder stack `decoder` (the module
+    that owns the layers and receives `input_ids` / `attention_mask`). `attns`: layer id -> (attention, {name: proj})."""
 
     def on_model_call(module, args, kwargs):
         b = _active(dm.key)
@@ -117,7 +118,7 @@ def install_hooks(model, dm, attns: dict) -> None:
         b.call_span_ids = b.span_ids.to(ref.device).long() if first and b.span_ids is not None else None
         b.call_write_mask = b.write_mask.to(ref.device) if first and b.write_mask is not None else None
 
-    model.register_forward_pre_hook(on_model_call, with_kwargs=True)
+    decoder.register_forward_pre_hook(on_model_call, with_kwargs=True)
 
     granularity = dm.config.write_granularity
     strategy = strategy_for(granularity)

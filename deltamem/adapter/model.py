@@ -111,7 +111,8 @@ def attach_delta_mem(model: nn.Module, config: DeltaMemConfig | None = None) -> 
     backbone = dict(model_type=model.config.model_type, hidden_size=hidden, num_hidden_layers=n_layers,
                     fingerprint=fingerprint)
     model.delta_mem = DeltaMem(config, layers, backbone)
-    install_hooks(model, model.delta_mem, attns)
+    decoder = model.get_submodule(layout.layers.rsplit(".", 1)[0])  # sees every call, with or without the LM head
+    install_hooks(decoder, model.delta_mem, attns)
     return model
 
 

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter import MemoryState, use_memory
+from ..adapter import MemoryState
 from ..adapter.model import get_delta_mem
 from .generate import GenerationConfig, generate_tokens, stop_ids, stream_text
 from .render import Renderer, check_messages, plan_writes
+from .writer import run_write
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant with a long-term memory of earlier conversations."
 STATE_FILE = "memory.safetensors"
@@ -74,6 +75,7 @@ class MemorySession:
         self._tokens: list[list[int]] = []  # rendered tokens of each transcript message
         self.tokens_written = 0
         self.stop = stop_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     @property
     def system_prompt(self) -> str:
@@ -105,12 +107,9 @@ class MemorySession:
         if total > self.max_write_tokens:
             raise ValueError(f"write of {total} tokens exceeds max_write_tokens={self.max_write_tokens}")
         state = self.state.clone()  # commit only when every pass succeeded
-        dev = next(self.model.parameters()).device
         bar = tqdm(total=total, unit="tok", desc="writing memory", disable=not self.progress or len(passes) < 2)
         for p in passes:
-            with use_memory(self.model, state, write=True, write_mask=p.write_mask.to(dev),
-                            span_ids=p.span_ids.to(dev)):
-                self.model(input_ids=p.input_ids.to(dev), use_cache=False)
+            run_write(self.model, state, [p], self.pad_id)
             bar.update(p.new_tokens)
         bar.close()
         self.state = state
@@ -140,8 +139,7 @@ class MemorySession:
         """Answer read-only, yielding text pieces as they are generated."""
         cfg = GenerationConfig(**generation)
         ids = self.prompt_ids(self._check_question(question))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        tokens = generate_tokens(self.model, [ids], self.state, cfg, self.stop, pad)
+        tokens = generate_tokens(self.model, [ids], self.state, cfg, self.stop, self.pad_id)
         yield from stream_text(self.tokenizer, tokens)
 
     def ask(self, question: str, **generation) -> str:
