@@ -18,13 +18,16 @@ def _session_dir(name: str) -> Path:
     return root / name
 
 
-def _open_session(name: str, backbone: str | None, adapter: str | None, window: int | None):
+def _open_session(name: str, backbone: str | None, adapter: str | None, window: int | None,
+                  must_exist: bool = False):
     from .runtime.model_setup import load_model
     from .runtime.session import STATE_FILE, MemorySession
 
+    d = _session_dir(name)  # bad names fail before the (slow) model load
+    if must_exist and not (d / STATE_FILE).exists():
+        raise FileNotFoundError(f"no session {name!r} in {d.parent} (write to it or chat in it first)")
     model, tok, note = load_model(backbone, adapter)
     print(f"[deltamem] {note}", file=sys.stderr)
-    d = _session_dir(name)
     overrides = {} if window is None else {"window_tokens": window}
     if (d / STATE_FILE).exists():
         return MemorySession.load(d, model, tok, progress=True, **overrides), d
@@ -92,11 +95,28 @@ def write(file: str, session: str = "default", conversation: str | None = None, 
 def ask(question: str, session: str = "default", window: int | None = None, adapter: str | None = None,
         backbone: str | None = None, max_new_tokens: int = 64) -> None:
     """Answer a question from a session's memory, read-only (the memory is unchanged)."""
-    sess, _ = _open_session(session, backbone, adapter, window)
+    sess, _ = _open_session(session, backbone, adapter, window, must_exist=True)
     print(sess.ask(question, max_new_tokens=max_new_tokens))
 
 
-COMMANDS = [demo, chat, write, ask]
+def train(config: str, overrides: list[str] | None = None, resume: bool = False) -> None:
+    """Train an adapter from a YAML recipe (configs/train/*.yaml); `--set key=value` overrides
+    (e.g. `--set steps=50 --set adapter.rank=4`). Under torchrun the same command runs data-parallel."""
+    from .train import Trainer, TrainConfig, init_distributed
+
+    pairs = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        pairs[k] = v
+    cfg = TrainConfig.from_yaml(config, pairs)
+    init_distributed()
+    last = Trainer(cfg).fit(resume=resume)
+    print(json.dumps(last))
+
+
+COMMANDS = [demo, chat, write, ask, train]
 
 
 # ---- argparse from signatures ----------------------------------------------------------------
@@ -110,6 +130,8 @@ def _add_command(sub, fn) -> None:
         base = next((a for a in args if a is not type(None)), typ) if args else typ
         if param.default is inspect.Parameter.empty:
             p.add_argument(name, type=base)
+        elif typing.get_origin(base) is list:
+            p.add_argument("--set", dest=name, action="append", default=param.default, metavar="KEY=VALUE")
         elif base is bool:
             p.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=param.default)
         else:
@@ -131,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     fn = args.pop("_fn")
     try:
         fn(**args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: missing/unreadable files, directories given as files
         print(f"deltamem {fn.__name__}: error: {e}", file=sys.stderr)
         return 2
     return 0

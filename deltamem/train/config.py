@@ -1,0 +1,121 @@
+"""`TrainConfig`: a training recipe (YAML under configs/train/), validated field by field."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from ..adapter import DeltaMemConfig
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Unknown keys and wrong types are errors that name the key."""
+
+    out_dir: str = "runs/train"
+    backbone: str | None = None  # None = the embedded SmolLM2-135M-Instruct
+    adapter: dict = field(default_factory=dict)  # DeltaMemConfig fields
+    init_adapter: str | None = None  # start from a saved adapter (e.g. a curriculum stage)
+    # data: mixture weights over sources, and their knobs
+    sources: dict = field(default_factory=lambda: {"synthetic": 1.0})
+    facts_per_episode: list = field(default_factory=lambda: [1, 3])
+    filler_turns: list = field(default_factory=lambda: [0, 6])  # final range
+    curriculum_start: list = field(default_factory=lambda: [0, 0])  # filler range at step 0
+    curriculum_steps: int = 0  # steps over which filler grows to `filler_turns` (0 = none)
+    locomo_path: str | None = None
+    locomo_conversations: list = field(default_factory=list)
+    recent_messages: int = 0
+    max_write_tokens: int = 512
+    max_read_tokens: int = 128
+    system_prompt: str | None = None
+    # optimisation
+    steps: int = 300
+    batch_size: int = 8  # episodes per optimizer step (all ranks together)
+    grad_accum: int = 1
+    lr: float = 2e-4
+    warmup: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    gate_reg: float = 0.01
+    gate_target: float = 0.05
+    contrastive: float = 0.0  # weight of relu(margin - (CE_mismatched - CE_own))
+    contrastive_margin: float = 1.0
+    seed: int = 0
+    # bookkeeping
+    eval_every: int = 50
+    eval_episodes: int = 32
+    checkpoint_every: int = 25
+    max_minutes: float | None = None
+    threads: int | None = None
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not _matches(v, hints[f.name]):
+                raise ValueError(f"recipe key {f.name!r} must be {hints[f.name]}, got {v!r}")
+        for name in ("steps", "batch_size", "grad_accum", "max_write_tokens", "max_read_tokens", "eval_episodes",
+                     "checkpoint_every", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"recipe key {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"recipe key 'batch_size' ({self.batch_size}) must be a multiple of grad_accum "
+                             f"({self.grad_accum})")
+        known = {"synthetic", "updates", "key_value", "locomo"}
+        bad = sorted(set(self.sources) - known)
+        if bad or not self.sources or any(not isinstance(w, (int, float)) or w < 0 for w in self.sources.values()):
+            raise ValueError(f"recipe key 'sources' must map {sorted(known)} to non-negative weights, got {self.sources}")
+        if "locomo" in self.sources and not (self.locomo_path and self.locomo_conversations):
+            raise ValueError("recipe key 'locomo_conversations' must name the training conversations when 'locomo' "
+                             "is a source (and 'locomo_path' the file)")
+        self.adapter_config()  # validates the adapter fields, naming any bad one
+
+    def adapter_config(self) -> DeltaMemConfig:
+        try:
+            return DeltaMemConfig.from_dict(self.adapter)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"recipe key 'adapter': {e}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str, overrides: dict | None = None) -> "TrainConfig":
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a recipe must be a YAML mapping")
+        for key, value in (overrides or {}).items():
+            set_path(data, key, value)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown recipe key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def set_path(data: dict, dotted: str, raw: str) -> None:
+    """Apply an override `adapter.rank=4` style: the value is parsed as YAML."""
+    value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+    cur[keys[-1]] = value
+
+
+def _matches(v, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return any(_matches(v, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return v is None
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    base = origin or hint
+    return isinstance(v, base)

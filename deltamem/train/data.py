@@ -1,0 +1,62 @@
+"""Deterministic episode streams for training and validation, built from `sources`."""
+
+from __future__ import annotations
+
+import random
+
+from .config import TrainConfig
+from .sources import Episode, fact_updates, key_value, locomo_episodes, synthetic_chats
+
+
+def filler_range(cfg: TrainConfig, step: int) -> tuple[int, int]:
+    """Filler turns per episode at `step`: grows linearly from `curriculum_start` to `filler_turns`."""
+    if cfg.curriculum_steps <= 0:
+        return tuple(cfg.filler_turns)
+    f = min(1.0, step / cfg.curriculum_steps)
+    lo = round(cfg.curriculum_start[0] + f * (cfg.filler_turns[0] - cfg.curriculum_start[0]))
+    hi = round(cfg.curriculum_start[1] + f * (cfg.filler_turns[1] - cfg.curriculum_start[1]))
+    return lo, max(lo, hi)
+
+
+class EpisodeStream:
+    """`batch(step)` returns the same episodes for the same (seed, step), so runs resume exactly."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        names = sorted(cfg.sources)
+        self.names = [n for n in names if cfg.sources[n] > 0]
+        self.weights = [cfg.sources[n] for n in self.names]
+        self.locomo: list[Episode] = []
+        if "locomo" in self.names:
+            from ..data.locomo import load_locomo
+
+            self.locomo = locomo_episodes(load_locomo(cfg.locomo_path), cfg.locomo_conversations)
+
+    def episode(self, seed: int, fillers: tuple[int, int], split: str = "train") -> Episode:
+        rng = random.Random(seed)
+        kind = rng.choices(self.names, self.weights)[0]
+        s = rng.randrange(2**31)
+        if kind == "synthetic":
+            return synthetic_chats(1, s, split, tuple(self.cfg.facts_per_episode), fillers)[0]
+        if kind == "updates":
+            return fact_updates(1, s, split, fillers)[0]
+        if kind == "key_value":
+            return key_value(1, s, noise_turns=fillers)[0]
+        return self.locomo[rng.randrange(len(self.locomo))]
+
+    def batch(self, step: int, n: int) -> list[Episode]:
+        fillers = filler_range(self.cfg, step)
+        return [self.episode(stable_seed(self.cfg.seed, step, i), fillers) for i in range(n)]
+
+
+def validation_set(cfg: TrainConfig, n: int, split: str = "train") -> list[Episode]:
+    """Episodes from the training distribution (final filler range) under a seed training never uses;
+    `split="heldout"` uses unseen names, values and templates instead."""
+    stream = EpisodeStream(cfg)
+    return [stream.episode(stable_seed("validation", split, cfg.seed, i), tuple(cfg.filler_turns), split)
+            for i in range(n)]
+
+
+def stable_seed(*key) -> int:
+    """A seed from a key, identical in every process (unlike `hash`, which is salted per process)."""
+    return random.Random(repr(key)).randrange(2**31)

@@ -1,0 +1,245 @@
+"""Train δ-mem adapters with the backbone frozen (shared/DESIGN.md section 5).
+
+Per episode: a fresh zero state, a write pass over the history (backprop
+through the whole recurrence), then a read pass over `[system] + question +
+answer` with the state bound read-only; loss = answer CE + gate_reg *
+(mean write-pass gate - gate_target)^2 (+ an optional contrastive term that
+rewards the own memory over another episode's). Data-parallel under torchrun:
+each rank takes its share of every batch and gradients are summed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from ..adapter import MemoryState, attach_delta_mem, load_adapter, save_adapter
+from ..runtime.backbone import load_backbone
+from ..runtime.render import Renderer
+from ..runtime.session import DEFAULT_SYSTEM_PROMPT
+from ..runtime.writer import run_write
+from .config import TrainConfig
+from .data import EpisodeStream, validation_set
+from .episode import EncodedEpisode, answer_ce, collate_reads, encode_episode
+
+
+class NaNLossError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model=None, tokenizer=None, progress: bool = True):
+        self.cfg = cfg
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        if cfg.batch_size % (self.world * cfg.grad_accum):
+            raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over {self.world} ranks x "
+                             f"{cfg.grad_accum} accumulation steps")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        if model is None:
+            model, tokenizer = load_backbone(cfg.backbone, progress=progress and self.rank == 0)
+        if cfg.init_adapter:
+            load_adapter(model, cfg.init_adapter)
+        elif not hasattr(model, "delta_mem"):
+            attach_delta_mem(model, cfg.adapter_config())
+        self.model, self.tok = model, tokenizer
+        self.dm = model.delta_mem
+        self.params = [p for p in self.dm.parameters()]
+        self.renderer = Renderer(tokenizer, cfg.system_prompt or DEFAULT_SYSTEM_PROMPT)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.end_id = tokenizer.eos_token_id
+        self.stream = EpisodeStream(cfg)
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = max(1, int(cfg.warmup * cfg.steps))
+        lr_at = lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, cfg.steps - warm)))  # noqa: E731
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_at)
+        self.step = 0
+        self.dropped = 0
+        self.progress = progress and self.rank == 0
+        self.device = next(model.parameters()).device
+
+    # ---- episodes -----------------------------------------------------------------------------
+    def encode(self, episodes) -> list[EncodedEpisode]:
+        out = []
+        for ep in episodes:
+            enc = encode_episode(self.renderer, ep, self.dm.config.write_granularity, self.cfg.max_write_tokens,
+                                 self.cfg.max_read_tokens, self.end_id, self.cfg.recent_messages)
+            if enc is None:
+                self.dropped += 1
+            else:
+                out.append(enc)
+        return out
+
+    def write(self, encoded: list[EncodedEpisode], collect_gates: bool = False):
+        state = MemoryState.zeros(self.model, batch_size=len(encoded), device=self.device)
+        binding = run_write(self.model, state, [e.write for e in encoded], self.pad_id, collect_gates=collect_gates)
+        return state, binding
+
+    def reads(self, encoded, window: bool = False):
+        rows = [(e.window_read_ids, e.window_answer_start) if window else (e.read_ids, e.answer_start) for e in encoded]
+        return collate_reads(rows, self.pad_id)
+
+    # ---- one optimizer step -------------------------------------------------------------------
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def train_step(self, episodes) -> dict:
+        """Forward/backward over this rank's share of `episodes` (the global batch), then one update."""
+        cfg = self.cfg
+        share = len(episodes) // self.world
+        mine = episodes[self.rank * share:(self.rank + 1) * share]
+        micro = share // cfg.grad_accum
+        total = len(episodes)
+        self.opt.zero_grad(set_to_none=True)
+        logs = {"ce": 0.0, "ce_mis": 0.0, "gate": 0.0, "tokens": 0}
+        for a in range(cfg.grad_accum):
+            enc = self.encode(mine[a * micro:(a + 1) * micro])
+            if not enc:
+                continue
+            with self._autocast():
+                state, binding = self.write(enc, collect_gates=True)
+                ce = answer_ce(self.model, self.reads(enc), state)  # [b]
+                loss = ce.sum() / total
+                if cfg.contrastive > 0 and len(enc) > 1:
+                    mis = MemoryState([t.roll(1, 0) for t in state.tensors], state.layers, state.rank,
+                                      state.num_state_heads, state.fingerprint)
+                    ce_mis = answer_ce(self.model, self.reads(enc), mis)
+                    loss = loss + cfg.contrastive * torch.relu(cfg.contrastive_margin - (ce_mis - ce)).sum() / total
+                    logs["ce_mis"] += float(ce_mis.detach().sum())
+                gsum = sum(s for s, _ in binding.gate_sums)
+                gcount = sum(float(c) for _, c in binding.gate_sums)
+                g_all = torch.tensor([float(gsum.detach()), gcount], dtype=torch.float64)
+                if self.world > 1:
+                    dist.all_reduce(g_all)
+                gmean = g_all[0] / g_all[1].clamp_min(1)
+                # gradient of gate_reg * (G - target)^2 with G the mean gate over every rank's micro-batch
+                loss = loss + cfg.gate_reg * 2 * float(gmean - cfg.gate_target) * gsum / float(g_all[1].clamp_min(1)) / cfg.grad_accum
+            if not torch.isfinite(loss):
+                raise NaNLossError(f"non-finite loss at step {self.step}, rank {self.rank}, micro-batch {a} "
+                                   f"(episodes {[e.question for e in mine[a * micro:(a + 1) * micro]][:3]}...)")
+            loss.backward()
+            logs["ce"] += float(ce.detach().sum())
+            logs["gate"] += float(gmean) / cfg.grad_accum
+            logs["tokens"] += sum(e.write.input_ids.shape[1] + len(e.read_ids) for e in enc)
+        if self.world > 1:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+            stats = torch.tensor([logs["ce"], logs["ce_mis"], logs["tokens"]], dtype=torch.float64)
+            dist.all_reduce(stats)
+            logs["ce"], logs["ce_mis"], logs["tokens"] = stats.tolist()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return {"step": self.step, "ce": logs["ce"] / total, "ce_mismatched": logs["ce_mis"] / total if cfg.contrastive else None,
+                "gate": logs["gate"], "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
+                "tokens": int(logs["tokens"])}
+
+    # ---- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, episodes, batch: int = 8) -> dict:
+        """Mean answer CE with the own memory, another episode's memory, a zero state, and the
+        history in the prompt (no memory)."""
+        enc = self.encode(episodes)
+        sums = {"own": 0.0, "mismatched": 0.0, "zero": 0.0, "window": 0.0}
+        n = 0
+        for i in range(0, len(enc), batch):
+            part = enc[i:i + batch]
+            if len(part) < 2:
+                continue
+            state, _ = self.write(part)
+            mis = MemoryState([t.roll(1, 0) for t in state.tensors], state.layers, state.rank, state.num_state_heads,
+                              state.fingerprint)
+            reads = self.reads(part)
+            sums["own"] += float(answer_ce(self.model, reads, state).sum())
+            sums["mismatched"] += float(answer_ce(self.model, reads, mis).sum())
+            sums["zero"] += float(answer_ce(self.model, reads, MemoryState.zeros(self.model, len(part), self.device)).sum())
+            sums["window"] += float(answer_ce(self.model, self.reads(part, window=True)).sum())
+            n += len(part)
+        out = {k: v / max(n, 1) for k, v in sums.items()}
+        out["own/mismatched"] = out["own"] / max(out["mismatched"], 1e-9)
+        out["episodes"] = n
+        return out
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        final = os.path.join(self.cfg.out_dir, "checkpoint")
+        os.makedirs(self.cfg.out_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=self.cfg.out_dir, prefix=".checkpoint-")
+        save_adapter(self.model, os.path.join(tmp, "adapter"))
+        torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                    "dropped": self.dropped, "config": self.cfg.to_dict()}, os.path.join(tmp, "trainer.pt"))
+        old = final + ".old"
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self) -> bool:
+        path = os.path.join(self.cfg.out_dir, "checkpoint")
+        if not os.path.exists(os.path.join(path, "trainer.pt")):
+            return False
+        load_adapter(self.model, os.path.join(path, "adapter"))
+        ck = torch.load(os.path.join(path, "trainer.pt"), weights_only=False)
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        self.step, self.dropped = ck["step"], ck["dropped"]
+        return True
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        if resume and self.resume() and self.progress:
+            print(f"[deltamem] resumed at step {self.step}")
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        log_path = os.path.join(cfg.out_dir, "log.jsonl")
+        val = validation_set(cfg, cfg.eval_episodes)
+        start = time.time()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress)
+        last = {}
+        while self.step < cfg.steps:
+            if cfg.max_minutes is not None and (time.time() - start) / 60 >= cfg.max_minutes:
+                if self.progress:
+                    print(f"[deltamem] --max-minutes {cfg.max_minutes} reached at step {self.step}")
+                break
+            t0 = time.time()
+            rec = self.train_step(self.stream.batch(self.step, cfg.batch_size))
+            rec["seconds"] = time.time() - t0
+            rec["dropped"] = self.dropped
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                rec["val"] = self.validate(val)
+            if self.rank == 0:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(ce=f"{rec['ce']:.3f}", gate=f"{rec['gate']:.3f}", tok_s=f"{rec['tokens'] / rec['seconds']:.0f}")
+            bar.update(1)
+            if self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            last = rec
+        bar.close()
+        self.save_checkpoint()
+        if self.rank == 0:
+            save_adapter(self.model, os.path.join(cfg.out_dir, "adapter"))
+        return last
+
+
+def init_distributed() -> None:
+    """Join the process group when launched by torchrun / accelerate (gloo on CPU, NCCL on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
