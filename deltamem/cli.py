@@ -116,7 +116,17 @@ def train(config: str, overrides: list[str] | None = None, resume: bool = False)
     print(json.dumps(last))
 
 
-COMMANDS = [demo, chat, write, ask, train]
+def train_eval(adapter: str, recipe: str, episodes: int = 48, locomo: str | None = None,
+               out: str | None = None) -> None:
+    """Held-out figures of a trained adapter: answer CE with the own / a mismatched / a zero memory and
+    with the history in the prompt, greedy memory-only accuracy against the same controls, and the
+    perplexity ratio on plain text (LoCoMo conversations conv-43/44, memory from conv-41) when `--locomo` is given."""
+    from .train.evaluate import main_report
+
+    print(json.dumps(main_report(adapter, recipe, episodes, locomo, out), indent=2))
+
+
+COMMANDS = [demo, chat, write, ask, train, train_eval]
 
 
 # ---- argparse from signatures ----------------------------------------------------------------

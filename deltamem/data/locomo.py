@@ -83,7 +83,7 @@ def read_messages_file(path: str | os.PathLike, conversation: str | None = None)
         if conversation is None and len(data) > 1:
             ids = ", ".join(str(s.get("sample_id")) for s in data)
             raise ValueError(f"{path} holds {len(data)} LoCoMo conversations ({ids}); choose one with --conversation")
-        pick = [s for s in data if conversation is None or s.get("sample_id") == conversation]
+        pick = [s for s in data if conversation is None or str(s.get("sample_id")) == str(conversation)]
         if not pick:
             raise ValueError(f"{path}: no LoCoMo conversation with sample_id {conversation!r}")
         return [_strip(m) for m in locomo_messages(pick[0], path)]

@@ -6,6 +6,7 @@ is written afterwards, as a message, like any other.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -84,26 +85,33 @@ def generate_tokens(model, prompts: list[list[int]], state: MemoryState | None, 
         ids[i, T - len(p):] = torch.tensor(p, device=dev)
         mask[i, T - len(p):] = 1
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed) if cfg.seed is not None else None  # multinomial's device
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     bound = use_memory(model, state, write=False) if state is not None else _nullcontext()
     with bound:
+        key = _cache_kw(model)
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        cache = out.past_key_values
+        cache = getattr(out, key)
         logits = out.logits[:, -1]
-        for _ in range(cfg.max_new_tokens):
+        for step in range(cfg.max_new_tokens):
             nxt = _pick(logits, cfg, gen).to(dev)
             stopped = done | torch.tensor([int(t) in stop for t in nxt.tolist()], device=dev)
             yield [None if stopped[i] else int(nxt[i]) for i in range(B)]
             done = stopped
-            if bool(done.all()):
+            if bool(done.all()) or step == cfg.max_new_tokens - 1:  # no forward for a token never used
                 return
             mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
             pos = pos[:, -1:] + 1
-            out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos, past_key_values=cache,
-                        use_cache=True)
-            cache = out.past_key_values
+            out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos, use_cache=True,
+                        **{key: cache})
+            cache = getattr(out, key)
             logits = out.logits[:, -1]
+
+
+def _cache_kw(model) -> str:
+    """The forward keyword (and output field) of the KV cache: `cache` in recent transformers, else
+    `past_key_values` (deprecated there)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class _nullcontext:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from ..adapter import DeltaMemConfig, attach_delta_mem, load_adapter
 from .backbone import load_backbone
 
@@ -32,5 +34,7 @@ def load_model(backbone: str | None = None, adapter: str | os.PathLike | None = 
     if path is not None:
         load_adapter(model, path)
         return model, tok, f"adapter {path}"
-    attach_delta_mem(model, DeltaMemConfig())
+    with torch.random.fork_rng(devices=[]):  # same untrained adapter in every process: sessions stay loadable
+        torch.manual_seed(0)
+        attach_delta_mem(model, DeltaMemConfig())
     return model, tok, "UNTRAINED adapter (random init): memory reads are noise until an adapter is trained"

@@ -89,8 +89,9 @@ class Renderer:
         if granularity != "sentence":
             return self.encode(text), []
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        starts = [0] + [mm.end() for mm in _SENTENCE_END.finditer(text)]
-        sent = [sum(1 for s in starts[1:] if s <= a) for a, _ in enc["offset_mapping"]]
+        # a sentence starts at the whitespace before it: byte-level BPE tokens carry that space (" The")
+        starts = [mm.start() for mm in _SENTENCE_END.finditer(text)]
+        sent = [sum(1 for s in starts if s <= a) for a, _ in enc["offset_mapping"]]
         return enc["input_ids"], sent
 
     def prompt(self, history: list[dict], question: str | None) -> list[int]:

@@ -1,0 +1,153 @@
+"""Held-out figures for a trained adapter: the four answer CEs, greedy accuracy, perplexity ratio.
+
+Every memory figure is shown against a mismatched-memory control (another
+held-out episode's state), so a learned answer prior cannot pass as memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import torch
+from tqdm.auto import tqdm
+
+from ..adapter import MemoryState, use_memory
+from ..runtime.generate import GenerationConfig, generate_tokens, stop_ids
+from .data import validation_set
+from .trainer import Trainer
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
+
+
+def contains(prediction: str, answer: str) -> bool:
+    return normalise(answer) in normalise(prediction)
+
+
+@torch.no_grad()
+def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int = 16) -> dict:
+    """Memory-only greedy answers with the own memory, a mismatched memory and a zero state, and the
+    frozen backbone (zero state) with the whole history in its prompt."""
+    enc = tr.encode(episodes)
+    eps = [e for e in episodes][: len(enc)] if len(enc) == len(episodes) else None
+    if eps is None:  # keep the episodes whose encoding survived, in order
+        kept = []
+        for ep in episodes:
+            if tr.encode([ep]):
+                kept.append(ep)
+        eps = kept
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens)
+    stop = stop_ids(tr.model, tr.tok)
+    hits = {"own": 0, "mismatched": 0, "zero": 0, "full_history": 0}
+    samples = []
+    n = 0
+    for i in tqdm(range(0, len(enc), batch), desc="greedy eval", leave=False):
+        part, part_eps = enc[i:i + batch], eps[i:i + batch]
+        if len(part) < 2:
+            continue
+        state, _ = tr.write(part)
+        mis = MemoryState([t.roll(1, 0) for t in state.tensors], state.layers, state.rank, state.num_state_heads,
+                          state.fingerprint)
+        zero = MemoryState.zeros(tr.model, len(part), tr.device)
+        prompts = [e.read_ids[: e.answer_start] for e in part]
+        full = [e.window_read_ids[: e.window_answer_start] for e in part]
+        outs = {}
+        for name, st, ps in (("own", state, prompts), ("mismatched", mis, prompts), ("zero", zero, prompts),
+                             ("full_history", zero, full)):
+            rows = [[] for _ in part]
+            for step in generate_tokens(tr.model, ps, st, cfg, stop, tr.pad_id):
+                for r, t in enumerate(step):
+                    if t is not None:
+                        rows[r].append(t)
+            outs[name] = [tr.tok.decode(r, skip_special_tokens=True).strip() for r in rows]
+        for r, ep in enumerate(part_eps):
+            for name in hits:
+                hits[name] += contains(outs[name][r], ep.answer)
+            if len(samples) < 12:
+                samples.append({"question": ep.question, "answer": ep.answer, **{k: v[r] for k, v in outs.items()}})
+        n += len(part)
+    acc = {k: v / max(n, 1) for k, v in hits.items()}
+    acc["episodes"] = n
+    acc["own/full_history"] = acc["own"] / max(acc["full_history"], 1e-9)
+    return {"accuracy": acc, "samples": samples}
+
+
+@torch.no_grad()
+def perplexity_ratio(tr: Trainer, texts: list[str], memory_text: list[str], max_tokens: int = 512) -> dict:
+    """Perplexity of plain `texts` under the frozen backbone vs with the adapter and a memory written
+    from unrelated `memory_text` (read-only while scoring)."""
+    from ..runtime.render import Renderer  # noqa: F401  (same tokenizer conventions)
+
+    state = MemoryState.zeros(tr.model, 1, tr.device)
+    mem_ids = tr.tok("\n".join(memory_text), add_special_tokens=False)["input_ids"][:max_tokens]
+    with use_memory(tr.model, state, write=True):
+        tr.model.get_decoder()(input_ids=torch.tensor([mem_ids], device=tr.device), use_cache=False)
+    nll = {"backbone": 0.0, "delta_mem": 0.0}
+    count = 0
+    for text in texts:
+        ids = torch.tensor([tr.tok(text, add_special_tokens=False)["input_ids"][:max_tokens]], device=tr.device)
+        if ids.shape[1] < 2:
+            continue
+        base = tr.model(input_ids=ids, labels=ids).loss
+        with use_memory(tr.model, state, write=False):
+            mem = tr.model(input_ids=ids, labels=ids).loss
+        k = ids.shape[1] - 1
+        nll["backbone"] += float(base) * k
+        nll["delta_mem"] += float(mem) * k
+        count += k
+    ppl = {k: math.exp(v / max(count, 1)) for k, v in nll.items()}
+    ppl["ratio"] = ppl["delta_mem"] / ppl["backbone"]
+    ppl["tokens"] = count
+    return ppl
+
+
+def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = None,
+                   memory_text: list[str] | None = None) -> dict:
+    """All held-out figures: CEs and greedy accuracy on unseen templates/values (split "heldout") and on
+    the training distribution under an unseen seed, plus the perplexity ratio when texts are given."""
+    cfg = tr.cfg
+    report = {}
+    for split in ("heldout", "train"):
+        eps = validation_set(cfg, n, split=split) if split == "heldout" else _unseen_seed(cfg, n)
+        report[split] = {"ce": tr.validate(eps), **greedy_accuracy(tr, eps)}
+    if plain_texts and memory_text:
+        report["perplexity"] = perplexity_ratio(tr, plain_texts, memory_text)
+    return report
+
+
+def _unseen_seed(cfg, n):
+    from dataclasses import replace
+
+    return validation_set(replace(cfg, seed=cfg.seed + 7919), n, split="train")
+
+
+def locomo_plain_texts(path: str, conversations: list[str], turns: int = 60) -> list[str]:
+    """Plain text from LoCoMo conversations: one string per session, `Speaker: text` lines."""
+    from ..data.locomo import load_locomo, locomo_messages
+
+    out = []
+    for s in load_locomo(path):
+        if s["sample_id"] not in conversations:
+            continue
+        msgs = locomo_messages(s)[:turns]
+        out.append("\n".join(f"{m['name']}: {m['content']}" for m in msgs))
+    return out
+
+
+def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str | None) -> dict:
+    from .config import TrainConfig
+
+    cfg = TrainConfig.from_yaml(recipe, {"init_adapter": adapter})
+    tr = Trainer(cfg, progress=False)
+    plain = mem = None
+    if locomo:
+        plain = locomo_plain_texts(locomo, ["conv-43", "conv-44"])
+        mem = locomo_plain_texts(locomo, ["conv-41"])
+    rep = heldout_report(tr, n, plain, mem)
+    if out:
+        with open(out, "w") as f:
+            json.dump(rep, f, indent=2)
+    return rep
