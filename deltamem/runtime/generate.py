@@ -28,14 +28,22 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def is_num(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not is_num(self.temperature) or not 0 < self.temperature < float("inf"):  # also refuses NaN
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if not is_num(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not is_int(self.top_k) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
+        if self.seed is not None and not is_int(self.seed):
+            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
 
 
 def stop_ids(model, tokenizer) -> set[int]:
@@ -87,39 +95,36 @@ def generate_tokens(model, prompts: list[list[int]], state: MemoryState | None, 
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed) if cfg.seed is not None else None  # multinomial's device
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    bound = use_memory(model, state, write=False) if state is not None else _nullcontext()
-    with bound:
-        key = _cache_kw(model)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    key = _cache_kw(model)
+
+    def forward(**kw):
+        if state is None:
+            return model(**kw)
+        with use_memory(model, state, write=False):  # bound per call: nothing stays bound while a stream waits
+            return model(**kw)
+
+    out = forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    cache = getattr(out, key)
+    logits = out.logits[:, -1]
+    for step in range(cfg.max_new_tokens):
+        nxt = _pick(logits, cfg, gen).to(dev)
+        stopped = done | torch.tensor([int(t) in stop for t in nxt.tolist()], device=dev)
+        yield [None if stopped[i] else int(nxt[i]) for i in range(B)]
+        done = stopped
+        if bool(done.all()) or step == cfg.max_new_tokens - 1:  # no forward for a token never used
+            return
+        mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
+        pos = pos[:, -1:] + 1
+        out = forward(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos, use_cache=True,
+                      **{key: cache})
         cache = getattr(out, key)
         logits = out.logits[:, -1]
-        for step in range(cfg.max_new_tokens):
-            nxt = _pick(logits, cfg, gen).to(dev)
-            stopped = done | torch.tensor([int(t) in stop for t in nxt.tolist()], device=dev)
-            yield [None if stopped[i] else int(nxt[i]) for i in range(B)]
-            done = stopped
-            if bool(done.all()) or step == cfg.max_new_tokens - 1:  # no forward for a token never used
-                return
-            mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
-            pos = pos[:, -1:] + 1
-            out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos, use_cache=True,
-                        **{key: cache})
-            cache = getattr(out, key)
-            logits = out.logits[:, -1]
 
 
 def _cache_kw(model) -> str:
     """The forward keyword (and output field) of the KV cache: `cache` in recent transformers, else
     `past_key_values` (deprecated there)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def stream_text(tokenizer, token_stream: Iterator[list[int | None]]) -> Iterator[str]:

@@ -152,7 +152,10 @@ class MemorySession:
         for piece in self.stream_ask(user_text, **generation):
             pieces.append(piece)
             yield piece
-        reply = "".join(pieces).strip() or "…"
+        reply = "".join(pieces).strip()
+        if not reply:  # an empty reply is written as a placeholder; show the caller what was written
+            reply = "…"
+            yield reply
         self.write([{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}])
 
     def chat(self, user_text: str, **generation) -> str:
