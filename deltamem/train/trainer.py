@@ -107,6 +107,8 @@ class Trainer:
         for a in range(cfg.grad_accum):
             enc = self.encode(mine[a * micro:(a + 1) * micro])
             if not enc:
+                if self.world > 1:  # still join the gate all-reduce below, or the ranks' collectives mismatch
+                    dist.all_reduce(torch.zeros(2, dtype=torch.float64))
                 continue
             with self._autocast():
                 state, binding = self.write(enc, collect_gates=True)
@@ -127,7 +129,7 @@ class Trainer:
                 # gradient of gate_reg * (G - target)^2 with G the mean gate over every rank's micro-batch
                 loss = loss + cfg.gate_reg * 2 * float(gmean - cfg.gate_target) * gsum / float(g_all[1].clamp_min(1)) / cfg.grad_accum
             if not torch.isfinite(loss):
-                raise NaNLossError(f"non-finite loss at step {self.step}, rank {self.rank}, micro-batch {a} "
+                raise NaNLossError(f"non-finite loss at step {self.step + 1}, rank {self.rank}, micro-batch {a} "
                                    f"(episodes {[e.question for e in mine[a * micro:(a + 1) * micro]][:3]}...)")
             loss.backward()
             logs["ce"] += float(ce.detach().sum())
@@ -200,6 +202,12 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
         self.step, self.dropped = ck["step"], ck["dropped"]
+        # continue on *this* config's schedule (a resumed run may extend `steps` or change `lr`): the loaded
+        # optimizer would otherwise take its next step at the old schedule's last lr (0 at the end of a cosine)
+        lrs = [self.cfg.lr * f(self.step) for f in self.sched.lr_lambdas]
+        self.sched.base_lrs, self.sched._last_lr = [self.cfg.lr] * len(lrs), lrs
+        for g, lr in zip(self.opt.param_groups, lrs):
+            g["initial_lr"], g["lr"] = self.cfg.lr, lr
         return True
 
     # ---- the loop -------------------------------------------------------------------------------

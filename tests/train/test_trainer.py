@@ -1,0 +1,173 @@
+"""The trainer on a tiny random llama: updates only δ-mem, logs, checkpoints, resumes exactly, stops on NaN."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import deltamem.train.trainer as trainer_mod
+from deltamem.adapter import load_adapter
+from deltamem.runtime.backbone import load_backbone
+from deltamem.train import Trainer
+from deltamem.train.data import validation_set
+from deltamem.train.trainer import NaNLossError
+
+from train_helpers import adapter_params
+
+
+def _backbone(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("delta_mem.")}
+
+
+def _files(d) -> dict[str, bytes]:
+    out = {}
+    for root, _, names in os.walk(d):
+        for n in names:
+            p = os.path.join(root, n)
+            out[os.path.relpath(p, d)] = open(p, "rb").read()
+    return out
+
+
+def _log(out_dir) -> list[dict]:
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_fit_updates_only_delta_mem_and_writes_outputs(make_cfg):
+    cfg = make_cfg(steps=3, batch_size=4, checkpoint_every=2, eval_every=2, contrastive=0.5)
+    tr = Trainer(cfg, progress=False)
+    assert all(not p.requires_grad for n, p in tr.model.named_parameters() if not n.startswith("delta_mem."))
+    assert all(p.requires_grad for p in tr.params) and tr.params
+    before_bb, before_dm = _backbone(tr.model), adapter_params(tr)
+    last = tr.fit()
+    assert tr.step == 3 and last["step"] == 3
+    after_bb, after_dm = _backbone(tr.model), adapter_params(tr)
+    assert before_bb.keys() == after_bb.keys()
+    for k in before_bb:
+        assert torch.equal(before_bb[k], after_bb[k]), f"backbone weight {k} changed"
+    changed = [k for k in before_dm if not torch.equal(before_dm[k], after_dm[k])]
+    assert len(changed) >= len(before_dm) // 2, changed
+    assert all(torch.isfinite(v).all() for v in after_dm.values())
+
+    log = _log(cfg.out_dir)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    for r in log:
+        assert {"step", "ce", "gate", "lr"} <= r.keys()
+        assert math.isfinite(r["ce"]) and r["ce"] > 0
+        assert 0 < r["gate"] < 1 and math.isfinite(r["lr"]) and r["lr"] >= 0
+        assert r["ce_mismatched"] is not None and math.isfinite(r["ce_mismatched"])
+        assert r["tokens"] > 0 and r["dropped"] == 0
+    assert [("val" in r) for r in log] == [False, True, True]  # eval_every=2 and the last step
+    assert log[0]["lr"] > log[-1]["lr"]  # cosine decay
+
+    ck = os.path.join(cfg.out_dir, "checkpoint")
+    assert sorted(os.listdir(ck)) == ["adapter", "trainer.pt"]
+    state = torch.load(os.path.join(ck, "trainer.pt"), weights_only=False)
+    assert state["step"] == 3 and state["config"] == cfg.to_dict()
+    assert not [n for n in os.listdir(cfg.out_dir) if n.startswith(".")]  # no temp dirs left behind
+    # the final adapter loads onto a fresh backbone and reproduces the trained weights
+    model, _ = load_backbone(cfg.backbone, progress=False)
+    load_adapter(model, os.path.join(cfg.out_dir, "adapter"))
+    for k, v in model.delta_mem.named_parameters():
+        assert torch.equal(v, after_dm[k])
+    load_adapter(model, os.path.join(ck, "adapter"))
+    for k, v in model.delta_mem.named_parameters():
+        assert torch.equal(v, after_dm[k])
+
+
+def test_resume_continues_exactly(make_cfg):
+    """2 steps, then resume with steps=4 == 4 steps straight (the first two lrs coincide: warmup is one
+    step in both schedules, and cos(0) = 1); needs the data stream, optimizer and schedule to carry over."""
+    straight = Trainer(make_cfg("straight", steps=4), progress=False)
+    straight.fit()
+
+    first = Trainer(make_cfg("resumed", steps=2), progress=False)
+    first.fit()
+    assert first.step == 2
+    again = Trainer(make_cfg("resumed", steps=4), progress=False)
+    again.fit(resume=True)
+    assert again.step == 4
+    assert [r["step"] for r in _log(again.cfg.out_dir)] == [1, 2, 3, 4]
+    a, b = adapter_params(straight), adapter_params(again)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    # same optimizer state and schedule position
+    sa, sb = straight.opt.state_dict(), again.opt.state_dict()
+    for i in sa["state"]:
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(sb["state"][i][key], sa["state"][i][key], rtol=1e-5, atol=1e-9)
+        assert float(sb["state"][i]["step"]) == float(sa["state"][i]["step"]) == 4
+    assert again.sched.get_last_lr() == pytest.approx(straight.sched.get_last_lr())
+    assert [r["lr"] for r in _log(again.cfg.out_dir)][2:] == pytest.approx(
+        [r["lr"] for r in _log(straight.cfg.out_dir)][2:])
+
+
+def test_resume_without_checkpoint_starts_fresh(make_cfg):
+    tr = Trainer(make_cfg(steps=1), progress=False)
+    assert tr.resume() is False
+    tr.fit(resume=True)
+    assert tr.step == 1
+
+
+def test_max_minutes_zero_stops_at_once_but_saves(make_cfg):
+    cfg = make_cfg(steps=5, max_minutes=0.0)
+    tr = Trainer(cfg, progress=False)
+    before = adapter_params(tr)
+    tr.fit()
+    assert tr.step == 0
+    assert os.path.exists(os.path.join(cfg.out_dir, "adapter", "adapter_model.safetensors"))
+    state = torch.load(os.path.join(cfg.out_dir, "checkpoint", "trainer.pt"), weights_only=False)
+    assert state["step"] == 0
+    assert not os.path.exists(os.path.join(cfg.out_dir, "log.jsonl")) or not _log(cfg.out_dir)
+    after = adapter_params(tr)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_validate_reports_the_four_conditions(make_cfg):
+    cfg = make_cfg()
+    tr = Trainer(cfg, progress=False)
+    before = adapter_params(tr)
+    out = tr.validate(validation_set(cfg, 4), batch=4)
+    assert {"own", "mismatched", "zero", "window", "own/mismatched", "episodes"} <= out.keys()
+    assert out["episodes"] == 4
+    for k in ("own", "mismatched", "zero", "window"):
+        assert math.isfinite(out[k]) and out[k] > 0, k
+    assert out["own"] != out["zero"]  # the written memory changes the read
+    assert out["own/mismatched"] == pytest.approx(out["own"] / out["mismatched"])
+    assert all(torch.equal(before[k], v) for k, v in adapter_params(tr).items())  # validation trains nothing
+    assert all(p.grad is None for p in tr.params)
+
+
+def test_nan_loss_raises_and_keeps_the_checkpoint(make_cfg, monkeypatch):
+    cfg = make_cfg("nan", steps=2, checkpoint_every=1)
+    Trainer(cfg, progress=False).fit()
+    ck = os.path.join(cfg.out_dir, "checkpoint")
+    saved = _files(ck)
+    assert {"trainer.pt", os.path.join("adapter", "adapter_model.safetensors")} <= saved.keys()
+    final = _files(os.path.join(cfg.out_dir, "adapter"))
+    log_before = open(os.path.join(cfg.out_dir, "log.jsonl")).read()
+
+    real = trainer_mod.answer_ce
+    monkeypatch.setattr(trainer_mod, "answer_ce", lambda *a, **k: real(*a, **k) * float("nan"))
+    tr = Trainer(make_cfg("nan", steps=4, checkpoint_every=1), progress=False)
+    with pytest.raises(NaNLossError, match=r"step 3\b"):
+        tr.fit(resume=True)
+    assert _files(ck) == saved  # the last good checkpoint is untouched
+    assert open(os.path.join(cfg.out_dir, "log.jsonl")).read() == log_before
+    assert _files(os.path.join(cfg.out_dir, "adapter")) == final
+
+
+def test_same_seed_gives_identical_adapters(make_cfg):
+    runs = []
+    for name in ("a", "b"):
+        cfg = make_cfg(name, steps=2, batch_size=2)
+        Trainer(cfg, progress=False).fit()
+        runs.append(_files(os.path.join(cfg.out_dir, "adapter")))
+    assert runs[0] == runs[1]
+    other = make_cfg("c", steps=2, batch_size=2, seed=1)
+    Trainer(other, progress=False).fit()
+    assert _files(os.path.join(other.out_dir, "adapter")) != runs[0]
