@@ -19,9 +19,14 @@ import contextlib
 import contextvars
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .write import read_only, strategy_for
+
+if TYPE_CHECKING:
+    from .state import MemoryState
 
 _ACTIVE: contextvars.ContextVar[tuple["MemoryBinding", ...]] = contextvars.ContextVar("deltamem_bindings", default=())
 
@@ -36,7 +41,7 @@ class MemoryBinding:
     """
 
     key: object
-    state: "MemoryState"  # noqa: F821
+    state: MemoryState
     write: bool
     span_ids: torch.Tensor | None = None
     write_mask: torch.Tensor | None = None

@@ -79,8 +79,6 @@ def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int =
 def perplexity_ratio(tr: Trainer, texts: list[str], memory_text: list[str], max_tokens: int = 512) -> dict:
     """Perplexity of plain `texts` under the frozen backbone vs with the adapter and a memory written
     from unrelated `memory_text` (read-only while scoring)."""
-    from ..runtime.render import Renderer  # noqa: F401  (same tokenizer conventions)
-
     state = MemoryState.zeros(tr.model, 1, tr.device)
     mem_ids = tr.tok("\n".join(memory_text), add_special_tokens=False)["input_ids"][:max_tokens]
     with use_memory(tr.model, state, write=True):
