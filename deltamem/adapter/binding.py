@@ -97,9 +97,10 @@ def _active(key) -> MemoryBinding | None:
     return None
 
 
-def install_hooks(decoder, dm, attns: dict) -> None:
+def install_hooks(decoder, dm, attns: dict) -> list:
     """Register the hooks described in the module docstring on the decoder stack `decoder` (the module
-    that owns the layers and receives `input_ids` / `attention_mask`). `attns`: layer id -> (attention, {name: proj})."""
+    that owns the layers and receives `input_ids` / `attention_mask`). `attns`: layer id -> (attention, {name: proj}).
+    Returns the hook handles."""
 
     def on_model_call(module, args, kwargs):
         b = _active(dm.key)
@@ -113,7 +114,8 @@ def install_hooks(decoder, dm, attns: dict) -> None:
         if B != b.state.batch_size:
             raise ValueError(f"the call has batch size {B} but the bound MemoryState has {b.state.batch_size} rows")
         am = kwargs.get("attention_mask")
-        b.valid = am[:, -T:].to(device=ref.device, dtype=torch.bool) if isinstance(am, torch.Tensor) and am.dim() == 2 else None
+        valid = am[:, -T:].to(device=ref.device, dtype=torch.bool) if isinstance(am, torch.Tensor) and am.dim() == 2 else None
+        b.valid = None if valid is None or bool(valid.all()) else valid  # every token valid: layers skip the masking
         first = b.calls == 0
         b.calls += 1
         for name in ("span_ids", "write_mask"):
@@ -123,7 +125,7 @@ def install_hooks(decoder, dm, attns: dict) -> None:
         b.call_span_ids = b.span_ids.to(ref.device).long() if first and b.span_ids is not None else None
         b.call_write_mask = b.write_mask.to(ref.device) if first and b.write_mask is not None else None
 
-    decoder.register_forward_pre_hook(on_model_call, with_kwargs=True)
+    handles = [decoder.register_forward_pre_hook(on_model_call, with_kwargs=True)]
 
     granularity = dm.config.write_granularity
     strategy = strategy_for(granularity)
@@ -152,12 +154,13 @@ def install_hooks(decoder, dm, attns: dict) -> None:
                 w = torch.ones(gates.shape[:2], device=gates.device) if written is None else written.float()
                 b.gate_sums.append(((gates * w[:, :, None, None]).sum(), w.sum() * gates.shape[2] * gates.shape[3]))
 
-        attn.register_forward_pre_hook(on_attention, with_kwargs=True)
+        handles.append(attn.register_forward_pre_hook(on_attention, with_kwargs=True))
         for name in dm.config.heads:
             def on_projection(module, args, output, layer=layer, name=name, i=i):
                 b = _active(dm.key)
                 if b is None or i not in b.reads:
                     return output
-                return output + layer.correction(name, b.reads[i], output)
+                return layer.add_correction(name, b.reads[i], output)
 
-            projs[name].register_forward_hook(on_projection)
+            handles.append(projs[name].register_forward_hook(on_projection))
+    return handles

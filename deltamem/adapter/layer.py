@@ -23,6 +23,19 @@ from .config import DeltaMemConfig
 BETA_EPS = 1e-6  # keep gates strictly inside (0, 1) so log(1 - b) stays finite
 
 
+def _like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == ref.dtype else x.to(ref.dtype)
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """`F.normalize(x, dim=-1, eps=1e-6)` in fewer tensor ops (same values)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-6)
+
+
 class DeltaMemLayer(nn.Module):
     """Memory projections and corrections for one attention layer.
 
@@ -59,19 +72,36 @@ class DeltaMemLayer(nn.Module):
 
     def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """`h [B, T, d]` -> `q, k, v, beta`, each `[B, T, H, r]` in float32."""
+        qk, v, beta = self.project_packed(h)
+        return qk[:, :, 0], qk[:, :, 1], v, beta
+
+    def project_packed(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`project` with q and k kept in one tensor: `qk [B, T, 2, H, r]`, `v`, `beta` `[B, T, H, r]`."""
         B, T, _ = h.shape
         H, r = self.num_heads, self.rank
-        x = F.linear(h.to(self.W.dtype), self.W).float()  # [B, T, 4 H r]
-        q, k, v, g = x.view(B, T, 4, H, r).unbind(2)
-        q = F.normalize(torch.tanh(q), dim=-1, eps=1e-6)
-        k = F.normalize(torch.tanh(k), dim=-1, eps=1e-6)
-        beta = torch.sigmoid(g + self.c_b.float().view(H, r)).clamp(BETA_EPS, 1 - BETA_EPS)
-        return q, k, v, beta
+        x = _float(F.linear(_like(h, self.W), self.W)).view(B, T, 4, H, r)  # [q; k; v; gate logits]
+        qk = _unit(torch.tanh(x[:, :, :2]))
+        beta = torch.sigmoid(x[:, :, 3] + _float(self.c_b).view(H, r)).clamp(BETA_EPS, 1 - BETA_EPS)
+        return qk, x[:, :, 2], beta
+
+    def project_q(self, h: torch.Tensor) -> torch.Tensor:
+        """Only `q` of `project` (what a read-only call needs): `h [B, T, d]` -> `[B, T, H, r]` in float32."""
+        B, T, _ = h.shape
+        rows = self.config.state_rows
+        return _unit(torch.tanh(_float(F.linear(_like(h, self.W), self.W[:rows]))).view(B, T, self.num_heads, self.rank))
 
     def correction(self, name: str, m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """`s * U_name m`: `m [B, T, H r]` -> `[B, T, out]` in the dtype of `like`."""
         U = self.U[name]
         return F.linear(m.to(U.dtype), U).mul_(self.config.scale).to(like.dtype)
+
+    def add_correction(self, name: str, m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`out + s * U_name m` for a projection output `out [B, T, out]`: one `addmm` when the dtypes agree."""
+        U = self.U[name]
+        if out.dtype != U.dtype or m.dtype != U.dtype:
+            return out + self.correction(name, m, out)
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), m.reshape(-1, m.shape[-1]), U.t(), alpha=self.config.scale)
+        return flat.view(out.shape)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

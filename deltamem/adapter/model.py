@@ -57,6 +57,7 @@ class DeltaMem(nn.Module):
         self.layer_ids = tuple(sorted(layers))
         self.backbone = backbone  # model_type, hidden_size, num_hidden_layers, fingerprint
         self.key = object()  # identifies this model's bindings
+        self.hooks: list = []  # forward hook handles, removed by detach_delta_mem
 
     @property
     def fingerprint(self) -> str:
@@ -112,7 +113,16 @@ def attach_delta_mem(model: nn.Module, config: DeltaMemConfig | None = None) -> 
                     fingerprint=fingerprint)
     model.delta_mem = DeltaMem(config, layers, backbone)
     decoder = model.get_submodule(layout.layers.rsplit(".", 1)[0])  # sees every call, with or without the LM head
-    install_hooks(decoder, model.delta_mem, attns)
+    model.delta_mem.hooks = install_hooks(decoder, model.delta_mem, attns)
+    return model
+
+
+def detach_delta_mem(model: nn.Module) -> nn.Module:
+    """Remove an attached adapter (hooks and parameters); the backbone stays frozen."""
+    dm = get_delta_mem(model)
+    for h in dm.hooks:
+        h.remove()
+    del model.delta_mem
     return model
 
 
@@ -181,16 +191,25 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_backbone:
             raise ValueError(f"adapter in {directory} was trained on a backbone with {key}={backbone.get(key)!r}, "
                              f"this model has {key}={have!r}")
     existing = getattr(model, "delta_mem", None)
-    if isinstance(existing, DeltaMem):
-        if existing.config != config:
-            raise ValueError(f"model already has a δ-mem adapter with a different config ({existing.config}) than "
-                             f"{directory} ({config})")
-    else:
-        attach_delta_mem(model, config)
-    dm = get_delta_mem(model)
-    if check_backbone and backbone.get("fingerprint") != dm.fingerprint:
+    if isinstance(existing, DeltaMem) and existing.config != config:
+        raise ValueError(f"model already has a δ-mem adapter with a different config ({existing.config}) than "
+                         f"{directory} ({config})")
+    have = existing.fingerprint if isinstance(existing, DeltaMem) else backbone_fingerprint(model)
+    if check_backbone and backbone.get("fingerprint") != have:
         raise ValueError(f"adapter in {directory} was trained on backbone weights {backbone.get('fingerprint')}, "
-                         f"this model's weights are {dm.fingerprint} (pass check_backbone=False to load anyway)")
+                         f"this model's weights are {have} (pass check_backbone=False to load anyway)")
+    if not isinstance(existing, DeltaMem):
+        attach_delta_mem(model, config)
+        try:
+            return _load_weights(model, directory)
+        except Exception:
+            detach_delta_mem(model)  # leave the model as it was
+            raise
+    return _load_weights(model, directory)
+
+
+def _load_weights(model: nn.Module, directory: str) -> nn.Module:
+    dm = get_delta_mem(model)
     path = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found")

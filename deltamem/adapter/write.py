@@ -13,35 +13,39 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import delta_rule, delta_rule_step
+from ..ops import delta_rule
+from ..ops.step import step_core
 from .layer import DeltaMemLayer
 
 
 def read_only(layer: DeltaMemLayer, h: torch.Tensor, S: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Every token reads the fixed state: `m_t = S q_t`, 0 on invalid tokens. Returns `[B, T, H r]`."""
-    q = layer.project(h)[0]  # [B, T, H, r]
-    m = torch.einsum("bhij,bthj->bthi", S, q)
-    if valid is not None:
-        m = m * valid[:, :, None, None]
-    return m.flatten(2)
+    q = layer.project_q(h)  # [B, T, H, r]
+    B, T, H, r = q.shape
+    if H == 1:  # m_t = S q_t as one batched matmul: [B, T, r] @ [B, r, r]
+        m = torch.bmm(q.view(B, T, r), S.reshape(B, r, r).transpose(1, 2))
+    else:
+        m = (q.transpose(1, 2) @ S.transpose(-1, -2)).transpose(1, 2).reshape(B, T, H * r)
+    return m if valid is None else m * valid[:, :, None]
 
 
 class TokenWrite:
     """One write per token (TSW; MSW when the config has several state heads)."""
 
     def __call__(self, layer, h, S, valid, write_mask, span_ids):
-        q, k, v, beta = layer.project(h)  # [B, T, H, r] each
         mode = layer.config.update_mode
         B, T = h.shape[:2]
         if T == 1 and write_mask is None:  # decode: the single-step form
-            m, S_new = delta_rule_step(q[:, 0], k[:, 0], v[:, 0], beta[:, 0], S, mode=mode)
-            m = m.unsqueeze(1)
+            qk, v, beta = layer.project_packed(h)  # [B, 1, 2, H, r], [B, 1, H, r] x 2
+            m, S_new = step_core(qk[:, 0], v[:, 0], beta[:, 0], S, mode)
+            m = m.unsqueeze(1)  # [B, 1, H r]
             if valid is not None:
                 keep = valid[:, 0].view(B, 1, 1, 1)
                 S_new = torch.where(keep, S_new, S)
-                m = m * keep.view(B, 1, 1, 1)
-        else:
-            m, S_new = delta_rule(q, k, v, beta, initial_state=S, mask=valid, write_mask=write_mask, mode=mode)
+                m = m * keep.view(B, 1, 1)
+            return m, S_new, (beta, valid)
+        q, k, v, beta = layer.project(h)  # [B, T, H, r] each
+        m, S_new = delta_rule(q, k, v, beta, initial_state=S, mask=valid, write_mask=write_mask, mode=mode)
         written = valid if write_mask is None else (write_mask if valid is None else valid & write_mask)
         return m.flatten(2), S_new, (beta, written)
 

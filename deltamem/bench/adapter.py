@@ -1,26 +1,31 @@
 """CPU benchmark of an attached δ-mem adapter against its frozen backbone.
 
-Run ``python -m deltamem.bench.adapter [--threads 2] [--repeats 5] [--length 1024] [--context 512]``.
+Run ``python -m deltamem.bench.adapter [--threads 2] [--repeats 5] [--decode-steps 60] [--clock wall|cpu]``.
 
 On SmolLM2-135M (the embedded backbone from ``deltamem.runtime.load_backbone``
 when it loads, else a random Llama with SmolLM2-135M's shape), float32, B = 1,
-under ``torch.inference_mode``, it times in one run, interleaving the variants
-round by round:
+under ``torch.inference_mode``, it times in one run, the variants interleaved
+run by run (rotating which goes first):
 
-* ``forward``: one forward over ``--length`` tokens (no KV cache);
-* ``decode``: one single-token step on a KV cache of ``--context`` tokens
-  (the cache is cropped back after every step, so every step sees the same length).
+* ``forward``: one forward over ``--length`` (1024) tokens, no KV cache;
+* ``decode``: one single-token step (with an all-ones attention mask, as
+  ``generate`` passes) on a KV cache of ``--context`` (512) tokens; the cache is
+  cropped back after every step, so every step sees the same length.
 
-Variants, all the same weights:
+Variants, all with the same weights:
 
 * ``detached``: a second copy of the backbone with no adapter attached (no hooks at all);
 * ``backbone``: the attached model outside any ``use_memory`` block (hooks installed, idle);
 * ``δ-mem write``: the attached model inside ``use_memory(write=True)`` (token granularity, standard update);
 * ``δ-mem read``: inside ``use_memory(write=False)``.
 
-Ratios are ``δ-mem write / backbone`` of the median (target: at most 1.05x each)
-and ``backbone / detached`` (the cost of idle hooks). ``--profile`` adds a
-torch.profiler table of one δ-mem decode step.
+Each time is reported as min / median; each ratio as min over min and as the
+median of run-by-run ratios (both resist other load on a shared machine). The
+target is ``δ-mem write / backbone`` <= 1.05x for both forward and decode;
+``backbone / detached`` is the cost of idle hooks. ``--clock cpu`` times with
+process CPU time instead of wall time, which is steadier when other jobs share
+the cores (use it with ``--threads 1``: spinning worker threads also count).
+``--profile`` adds a torch.profiler table of δ-mem decode steps.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import torch
 from deltamem.adapter import DeltaMemConfig, MemoryState, attach_delta_mem, use_memory
 
 TARGET = 1.05
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 VARIANTS = ("detached", "backbone", "δ-mem write", "δ-mem read")
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
@@ -81,7 +87,8 @@ def crop(cache, length: int) -> None:
 class Bench:
     """Holds the two models, the inputs and one prefilled KV cache (and memory) per variant."""
 
-    def __init__(self, attached, plain, length: int, context: int):
+    def __init__(self, attached, plain, length: int, context: int, clock=time.perf_counter):
+        self.clock = clock
         self.models = {"detached": plain, "backbone": attached, "δ-mem write": attached, "δ-mem read": attached}
         self.attached = attached
         g = torch.Generator().manual_seed(0)
@@ -110,17 +117,17 @@ class Bench:
             self.states[variant] = MemoryState.zeros(self.attached)
         model = self.models[variant]
         with self.memory(variant):
-            t0 = time.perf_counter()
+            t0 = self.clock()
             model(self.ids, use_cache=False)
-            return time.perf_counter() - t0
+            return self.clock() - t0
 
     def decode(self, variant: str) -> float:
         """One timed decode step; the cache is cropped back to `context` tokens afterwards (untimed)."""
         model, cache = self.models[variant], self.caches[variant]
         with self.memory(variant):
-            t0 = time.perf_counter()
+            t0 = self.clock()
             model(self.next_token, attention_mask=self.step_mask, use_cache=True, **{self.kw: cache})
-            elapsed = time.perf_counter() - t0
+            elapsed = self.clock() - t0
         crop(cache, self.context)
         return elapsed
 
@@ -137,7 +144,7 @@ def run(args) -> dict:
     fwd = {v: [] for v in VARIANTS}
     dec = {v: [] for v in VARIANTS}
     with torch.inference_mode():
-        bench = Bench(attached, plain, args.length, args.context)
+        bench = Bench(attached, plain, args.length, args.context, CLOCKS[args.clock])
         for v in VARIANTS:  # warm-up
             bench.forward(v)
             for _ in range(3):
@@ -174,7 +181,7 @@ def report(res: dict, args) -> str:
     rr = lambda xs, ys: "{:.3f}x / {:.3f}x".format(*ratios(xs, ys))  # noqa: E731
     lines = [
         f"backbone: {res['source']}; torch {torch.__version__}, {args.threads} threads, {platform.machine()}; "
-        f"float32, B=1, inference_mode",
+        f"float32, B=1, inference_mode; clock: {args.clock}",
         f"forward: T={args.length}, no cache, {args.repeats} runs per variant; decode: 1 token on a {args.context}-token "
         f"KV cache, {args.decode_steps} steps per variant; variants interleaved run by run",
         "times: min / median; ratios: min over min / median of run-by-run ratios",
@@ -208,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--length", type=int, default=1024, help="tokens of the timed forward")
     p.add_argument("--context", type=int, default=512, help="KV cache length of the timed decode step")
     p.add_argument("--decode-steps", type=int, default=60, help="timed decode steps per variant")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: perf_counter; cpu: process CPU time (steadier on a busy machine; use with --threads 1)")
     p.add_argument("--random", action="store_true", help="random weights of SmolLM2-135M's shape (no backbone load)")
     p.add_argument("--profile", action="store_true", help="also print a torch.profiler table of δ-mem decode steps")
     args = p.parse_args(argv)

@@ -7,6 +7,22 @@ import torch
 from ._validate import check_mode, check_step_inputs
 
 
+def step_core(qk: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, S: torch.Tensor,
+              mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step without argument checks, in few tensor ops (the decode hot path).
+
+    `qk [B, 2, H, r]` (q and k stacked), `v, beta [B, H, r]`, `S [B, H, r, r]`, all float32
+    -> `(read [B, H r], new state [B, H, r, r])`.
+    """
+    B, _, H, r = qk.shape
+    qkS = qk.transpose(1, 2) @ S.transpose(-1, -2)  # [B, H, 2, r]: S q (the read, before the write) and S k
+    delta = (v - qkS[:, :, 1]).unsqueeze(-1) * qk[:, 1].unsqueeze(-2)  # (v - S k) k^T
+    b = beta.unsqueeze(-1)  # [B, H, r, 1]: one gate per row
+    # standard: (1 - b) S + b (v - S k) k^T = lerp(S, (v - S k) k^T, b); no_decay: S + b (v - S k) k^T
+    S_new = torch.lerp(S, delta, b) if mode == "standard" else torch.addcmul(S, b, delta)
+    return qkS[:, :, 0].reshape(B, H * r), S_new
+
+
 def delta_rule_step(
     q: torch.Tensor,  # [B, H, r]
     k: torch.Tensor,  # [B, H, r]
@@ -20,13 +36,7 @@ def delta_rule_step(
     Identical to one step of `delta_rule_naive`; the input state is not modified.
     """
     check_mode(mode)
-    check_step_inputs(q, k, v, beta, state)
-    out_dtype = q.dtype
-    q, k, v, b = q.float(), k.float(), v.float(), beta.float().unsqueeze(-1)  # b: [B, H, r, 1]
-    S = state.float()
-    read = (S @ q.unsqueeze(-1)).squeeze(-1)  # [B, H, r]
-    kT = k.unsqueeze(-2)  # [B, H, 1, r]
-    Sk = S @ k.unsqueeze(-1)  # [B, H, r, 1]
-    keep = (1 - b) * S if mode == "standard" else S
-    new_state = keep + b * (v.unsqueeze(-1) - Sk) * kT
-    return read.to(out_dtype), new_state
+    B, H, r = check_step_inputs(q, k, v, beta, state)
+    qk = torch.stack([q.float(), k.float()], dim=1)  # [B, 2, H, r]
+    read, new_state = step_core(qk, v.float(), beta.float(), state.float(), mode)
+    return read.view(B, H, r).to(q.dtype), new_state
