@@ -116,7 +116,7 @@ def train(config: str, overrides: list[str] | None = None, resume: bool = False)
     print(json.dumps(last))
 
 
-def train_eval(adapter: str, recipe: str, episodes: int = 48, locomo: str | None = None,
+def train_eval(adapter: str, recipe: str = "configs/train/smollm2-135m-tsw.yaml", episodes: int = 48, locomo: str | None = None,
                out: str | None = None) -> None:
     """Held-out figures of a trained adapter: answer CE with the own / a mismatched / a zero memory and
     with the history in the prompt, greedy memory-only accuracy against the same controls, and the
