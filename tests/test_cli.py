@@ -28,15 +28,6 @@ def locomo_sample(sample_id, a="Caroline", b="Melanie"):
                                            {"speaker": b, "dia_id": "D1:2", "text": "I painted a lake today."}]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU matmuls on a shared box: one intra-op thread is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("DELTAMEM_HOME", str(tmp_path / "home"))

