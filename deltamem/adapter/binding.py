@@ -48,6 +48,8 @@ class MemoryBinding:
     collect_gates: bool = False
     calls: int = 0
     valid: torch.Tensor | None = None  # [B, T] of the current call
+    call_span_ids: torch.Tensor | None = None  # span_ids / write_mask as they apply to the current call
+    call_write_mask: torch.Tensor | None = None
     reads: dict = field(default_factory=dict)  # layer id -> m [B, T, H r] of the current call
     gate_sums: list = field(default_factory=list)  # (sum of written gates, count) per layer and call
 

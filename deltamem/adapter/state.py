@@ -100,6 +100,11 @@ class MemoryState:
         tensors = [torch.cat([s.tensors[i] for s in states]) for i in range(len(first.layers))]
         return cls(tensors, first.layers, first.rank, first.num_state_heads, first.fingerprint)
 
+    def rolled(self, shift: int = 1) -> "MemoryState":
+        """Row i gets row i - shift's memory: the mismatched-memory control (another episode's state)."""
+        return MemoryState([t.roll(shift, 0) for t in self.tensors], self.layers, self.rank, self.num_state_heads,
+                           self.fingerprint)
+
     def assign_rows(self, index, other: "MemoryState") -> None:
         """Write `other`'s rows into rows `index` of this state."""
         for t, o in zip(self.tensors, other.tensors):

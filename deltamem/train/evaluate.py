@@ -31,14 +31,8 @@ def contains(prediction: str, answer: str) -> bool:
 def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int = 16) -> dict:
     """Memory-only greedy answers with the own memory, a mismatched memory and a zero state, and the
     frozen backbone (zero state) with the whole history in its prompt."""
-    enc = tr.encode(episodes)
-    eps = [e for e in episodes][: len(enc)] if len(enc) == len(episodes) else None
-    if eps is None:  # keep the episodes whose encoding survived, in order
-        kept = []
-        for ep in episodes:
-            if tr.encode([ep]):
-                kept.append(ep)
-        eps = kept
+    pairs = [(ep, e) for ep in episodes for e in tr.encode([ep])]  # episodes whose encoding survived, in order
+    eps, enc = [p[0] for p in pairs], [p[1] for p in pairs]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     stop = stop_ids(tr.model, tr.tok)
     hits = {"own": 0, "mismatched": 0, "zero": 0, "full_history": 0}
@@ -49,8 +43,7 @@ def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int =
         if len(part) < 2:
             continue
         state, _ = tr.write(part)
-        mis = MemoryState([t.roll(1, 0) for t in state.tensors], state.layers, state.rank, state.num_state_heads,
-                          state.fingerprint)
+        mis = state.rolled()
         zero = MemoryState.zeros(tr.model, len(part), tr.device)
         prompts = [e.read_ids[: e.answer_start] for e in part]
         full = [e.window_read_ids[: e.window_answer_start] for e in part]

@@ -115,9 +115,7 @@ class Trainer:
                 ce = answer_ce(self.model, self.reads(enc), state)  # [b]
                 loss = ce.sum() / total
                 if cfg.contrastive > 0 and len(enc) > 1:
-                    mis = MemoryState([t.roll(1, 0) for t in state.tensors], state.layers, state.rank,
-                                      state.num_state_heads, state.fingerprint)
-                    ce_mis = answer_ce(self.model, self.reads(enc), mis)
+                    ce_mis = answer_ce(self.model, self.reads(enc), state.rolled())
                     loss = loss + cfg.contrastive * torch.relu(cfg.contrastive_margin - (ce_mis - ce)).sum() / total
                     logs["ce_mis"] += float(ce_mis.detach().sum())
                 gsum = sum(s for s, _ in binding.gate_sums)
@@ -164,8 +162,7 @@ class Trainer:
             if len(part) < 2:
                 continue
             state, _ = self.write(part)
-            mis = MemoryState([t.roll(1, 0) for t in state.tensors], state.layers, state.rank, state.num_state_heads,
-                              state.fingerprint)
+            mis = state.rolled()
             reads = self.reads(part)
             sums["own"] += float(answer_ce(self.model, reads, state).sum())
             sums["mismatched"] += float(answer_ce(self.model, reads, mis).sum())
