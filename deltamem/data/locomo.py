@@ -68,6 +68,21 @@ def load_locomo(path: str | os.PathLike) -> list[dict]:
     return data
 
 
+def locomo_plain_texts(path: str | os.PathLike, conversations: list[str], turns: int | None = None) -> list[str]:
+    """Plain text of the named conversations: one string each, a `Speaker: text` line per turn
+    (the first `turns` turns, or all)."""
+    samples = load_locomo(path)
+    out = []
+    for s in samples:
+        if s["sample_id"] in conversations:
+            msgs = locomo_messages(s, os.fspath(path))[:turns]
+            out.append("\n".join(f"{m['name']}: {m['content']}" for m in msgs))
+    missing = sorted(set(conversations) - {s["sample_id"] for s in samples})
+    if missing:
+        raise ValueError(f"{os.fspath(path)}: no LoCoMo conversation(s) {', '.join(missing)}")
+    return out
+
+
 def read_messages_file(path: str | os.PathLike, conversation: str | None = None) -> list[dict]:
     """Messages from a JSON file: a list of chat messages, or LoCoMo (one sample, or a list of
     samples with `conversation` naming the sample id; a single-sample list needs none)."""

@@ -25,6 +25,7 @@ class TrainConfig:
     filler_turns: list = field(default_factory=lambda: [0, 6])  # final range
     curriculum_start: list = field(default_factory=lambda: [0, 0])  # filler range at step 0
     curriculum_steps: int = 0  # steps over which filler grows to `filler_turns` (0 = none)
+    novel_values: float = 0.0  # share of synthetic/update values that are made-up words (must be copied)
     locomo_path: str | None = None
     locomo_conversations: list = field(default_factory=list)
     recent_messages: int = 0
@@ -43,6 +44,10 @@ class TrainConfig:
     gate_target: float = 0.05
     contrastive: float = 0.0  # weight of relu(margin - (CE_mismatched - CE_own))
     contrastive_margin: float = 1.0
+    # keep general ability: KL(frozen backbone || backbone + memory) on plain text read with an episode's memory
+    preserve: float = 0.0
+    preserve_conversations: list = field(default_factory=list)  # LoCoMo ids whose turns are the plain text
+    preserve_tokens: int = 128  # tokens per plain-text chunk; one chunk per episode
     seed: int = 0
     # bookkeeping
     eval_every: int = 50
@@ -58,7 +63,7 @@ class TrainConfig:
             if not _matches(v, hints[f.name]):
                 raise ValueError(f"recipe key {f.name!r} must be {hints[f.name]}, got {v!r}")
         for name in ("steps", "batch_size", "grad_accum", "max_write_tokens", "max_read_tokens", "eval_episodes",
-                     "checkpoint_every", "eval_every"):
+                     "checkpoint_every", "eval_every", "preserve_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"recipe key {name!r} must be >= 1, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
@@ -71,6 +76,11 @@ class TrainConfig:
         if "locomo" in self.sources and not (self.locomo_path and self.locomo_conversations):
             raise ValueError("recipe key 'locomo_conversations' must name the training conversations when 'locomo' "
                              "is a source (and 'locomo_path' the file)")
+        if self.preserve > 0 and not (self.locomo_path and self.preserve_conversations):
+            raise ValueError("recipe key 'preserve_conversations' must name LoCoMo conversations (and 'locomo_path' "
+                             "the file) when 'preserve' > 0")
+        if not 0.0 <= self.novel_values <= 1.0:
+            raise ValueError(f"recipe key 'novel_values' must be in [0, 1], got {self.novel_values}")
         self.adapter_config()  # validates the adapter fields, naming any bad one
 
     def adapter_config(self) -> DeltaMemConfig:

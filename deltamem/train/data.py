@@ -37,16 +37,28 @@ class EpisodeStream:
         kind = rng.choices(self.names, self.weights)[0]
         s = rng.randrange(2**31)
         if kind == "synthetic":
-            return synthetic_chats(1, s, split, tuple(self.cfg.facts_per_episode), fillers)[0]
+            return synthetic_chats(1, s, split, tuple(self.cfg.facts_per_episode), fillers, self._novel(split))[0]
         if kind == "updates":
-            return fact_updates(1, s, split, fillers)[0]
+            return fact_updates(1, s, split, fillers, self._novel(split))[0]
         if kind == "key_value":
             return key_value(1, s, noise_turns=fillers)[0]
         return self.locomo[rng.randrange(len(self.locomo))]
 
+    def _novel(self, split: str) -> float:
+        return self.cfg.novel_values if split == "train" else 0.0
+
     def batch(self, step: int, n: int) -> list[Episode]:
         fillers = filler_range(self.cfg, step)
         return [self.episode(stable_seed(self.cfg.seed, step, i), fillers) for i in range(n)]
+
+
+def plain_text_chunks(tokenizer, texts: list[str], n_tokens: int) -> list[list[int]]:
+    """Token chunks of exactly `n_tokens` from plain `texts` (each text split on its own; tails dropped)."""
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out += [ids[i:i + n_tokens] for i in range(0, len(ids) - n_tokens + 1, n_tokens)]
+    return out
 
 
 def validation_set(cfg: TrainConfig, n: int, split: str = "train") -> list[Episode]:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..adapter import MemoryState, use_memory
 from ..runtime.generate import GenerationConfig, generate_tokens, stop_ids
+from ..data.locomo import locomo_plain_texts
 from .data import validation_set
 from .trainer import Trainer
 
@@ -115,19 +116,6 @@ def _unseen_seed(cfg, n):
     return validation_set(replace(cfg, seed=cfg.seed + 7919), n, split="train")
 
 
-def locomo_plain_texts(path: str, conversations: list[str], turns: int = 60) -> list[str]:
-    """Plain text from LoCoMo conversations: one string per session, `Speaker: text` lines."""
-    from ..data.locomo import load_locomo, locomo_messages
-
-    out = []
-    for s in load_locomo(path):
-        if s["sample_id"] not in conversations:
-            continue
-        msgs = locomo_messages(s)[:turns]
-        out.append("\n".join(f"{m['name']}: {m['content']}" for m in msgs))
-    return out
-
-
 def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str | None) -> dict:
     from .config import TrainConfig
 
@@ -135,8 +123,8 @@ def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str 
     tr = Trainer(cfg, progress=False)
     plain = mem = None
     if locomo:
-        plain = locomo_plain_texts(locomo, ["conv-43", "conv-44"])
-        mem = locomo_plain_texts(locomo, ["conv-41"])
+        plain = locomo_plain_texts(locomo, ["conv-43", "conv-44"], turns=60)
+        mem = locomo_plain_texts(locomo, ["conv-41"], turns=60)
     rep = heldout_report(tr, n, plain, mem)
     if out:
         with open(out, "w") as f:

@@ -4,6 +4,8 @@
   places, dates, preferences, events) among filler turns; questions about the facts.
   Statement/question templates and values come in disjoint "train" and "heldout" splits.
 * `fact_updates`: a fact stated, later overwritten; the answer is the latest value.
+* `novel` (both of the above, training split only): the share of values that are made-up
+  words, which no prior can guess, so the memory must carry the value itself.
 * `key_value`: RULER-style key-value / needle recall in a noise haystack.
 * `locomo_episodes`: LoCoMo QA pairs whose evidence lies inside the written history.
 """
@@ -131,26 +133,46 @@ def _filler(rng: random.Random, name: str, date: str) -> list[dict]:
             {"role": "assistant", "content": rng.choice(REPLIES)}]
 
 
+CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
+CAPITALISED = {"pet", "city", "month", "sibling", "car"}
+
+
+def pseudo_word(rng: random.Random, capital: bool = False) -> str:
+    """A pronounceable made-up word of 2-3 syllables ("Kavelo"), never in any value pool."""
+    w = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.randint(2, 3)))
+    return w.capitalize() if capital else w
+
+
+def _values(rng: random.Random, attr: str, h: int, novel: float, k: int = 1) -> list[str]:
+    """`k` distinct values for `attr`: from the split's pool, or with probability `novel` made up."""
+    if novel > 0 and rng.random() < novel:
+        out: list[str] = []
+        while len(out) < k:
+            w = pseudo_word(rng, attr in CAPITALISED)
+            out += [w] if w not in out else []
+        return out
+    return rng.sample(FACTS[attr][h], k)
+
+
 def _date(rng: random.Random) -> str:
     return f"{rng.randint(1, 28)} {rng.choice(['January', 'March', 'May', 'July', 'September', 'November'])} 2025"
 
 
 def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: tuple[int, int] = (1, 3),
-                    filler_turns: tuple[int, int] = (0, 6)) -> list[Episode]:
+                    filler_turns: tuple[int, int] = (0, 6), novel: float = 0.0) -> list[Episode]:
     """`n` chats, each stating 1-3 facts about one person among filler turn pairs; one question each.
 
     `split="train"` draws names, values and templates from the training pools,
     `"heldout"` from disjoint ones (unseen values, statements and questions).
     """
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    _check_split(split, novel)
     rng = random.Random(seed)
     h = 0 if split == "train" else 1
     out = []
     for _ in range(n):
         name = rng.choice(NAMES[split])
         kinds = rng.sample(sorted(FACTS), rng.randint(*facts_per_episode))
-        chosen = {k: rng.choice(FACTS[k][h]) for k in kinds}
+        chosen = {k: _values(rng, k, h, novel)[0] if novel else rng.choice(FACTS[k][h]) for k in kinds}
         turns = [[*_filler(rng, name, "")] for _ in range(rng.randint(*filler_turns))]
         for k in kinds:
             stmt = rng.choice(FACTS[k][2 + h]).format(v=chosen[k])
@@ -168,15 +190,17 @@ def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: 
     return out
 
 
-def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[int, int] = (0, 4)) -> list[Episode]:
+def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[int, int] = (0, 4),
+                 novel: float = 0.0) -> list[Episode]:
     """A fact, filler, then the same fact with a new value; the answer is the latest value."""
+    _check_split(split, novel)
     rng = random.Random(seed + 1_000_003)
     h = 0 if split == "train" else 1
     out = []
     for _ in range(n):
         name = rng.choice(NAMES[split])
         k = rng.choice(sorted(FACTS))
-        old, new = rng.sample(FACTS[k][h], 2)
+        old, new = _values(rng, k, h, novel, 2)
         date = _date(rng)
         history = [{"role": "user", "name": name, "timestamp": date, "content": rng.choice(FACTS[k][2 + h]).format(v=old)},
                    {"role": "assistant", "content": rng.choice(FACT_REPLIES)}]
@@ -188,6 +212,13 @@ def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[in
         question = rng.choice(FACTS[k][4 + h]).format(n=name)
         out.append(Episode(history, question, new, "update", {"attribute": k, "old": old}))
     return out
+
+
+def _check_split(split: str, novel: float) -> None:
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    if not 0.0 <= novel <= 1.0 or (novel and split != "train"):
+        raise ValueError(f"novel must be in [0, 1] and only used with split='train', got {novel!r} for {split!r}")
 
 
 def key_value(n: int, seed: int, pairs: tuple[int, int] = (1, 4), noise_turns: tuple[int, int] = (0, 4)) -> list[Episode]:

@@ -4,7 +4,9 @@ Per episode: a fresh zero state, a write pass over the history (backprop
 through the whole recurrence), then a read pass over `[system] + question +
 answer` with the state bound read-only; loss = answer CE + gate_reg *
 (mean write-pass gate - gate_target)^2 (+ an optional contrastive term that
-rewards the own memory over another episode's). Data-parallel under torchrun:
+rewards the own memory over another episode's, and an optional preservation
+term: KL(frozen backbone || backbone + that memory) on unrelated plain text,
+so a memory changes answers it holds and leaves other text alone). Data-parallel under torchrun:
 each rank takes its share of every batch and gradients are summed.
 """
 
@@ -21,13 +23,13 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..adapter import MemoryState, attach_delta_mem, load_adapter, save_adapter
+from ..adapter import MemoryState, attach_delta_mem, load_adapter, save_adapter, use_memory
 from ..runtime.backbone import load_backbone
 from ..runtime.render import Renderer
 from ..runtime.session import DEFAULT_SYSTEM_PROMPT
 from ..runtime.writer import run_write
 from .config import TrainConfig
-from .data import EpisodeStream, validation_set
+from .data import EpisodeStream, plain_text_chunks, stable_seed, validation_set
 from .episode import EncodedEpisode, answer_ce, collate_reads, encode_episode
 
 
@@ -59,6 +61,15 @@ class Trainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.end_id = tokenizer.eos_token_id
         self.stream = EpisodeStream(cfg)
+        self.plain: list[list[int]] = []
+        if cfg.preserve > 0:
+            from ..data.locomo import locomo_plain_texts
+
+            self.plain = plain_text_chunks(tokenizer, locomo_plain_texts(cfg.locomo_path, cfg.preserve_conversations),
+                                           cfg.preserve_tokens)
+            if not self.plain:
+                raise ValueError(f"recipe key 'preserve_conversations': no {cfg.preserve_tokens}-token chunk in "
+                                 f"{cfg.preserve_conversations}")
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, int(cfg.warmup * cfg.steps))
         lr_at = lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, cfg.steps - warm)))  # noqa: E731
@@ -103,7 +114,7 @@ class Trainer:
         micro = share // cfg.grad_accum
         total = len(episodes)
         self.opt.zero_grad(set_to_none=True)
-        logs = {"ce": 0.0, "ce_mis": 0.0, "gate": 0.0, "tokens": 0}
+        logs = {"ce": 0.0, "ce_mis": 0.0, "kl": 0.0, "gate": 0.0, "tokens": 0}
         for a in range(cfg.grad_accum):
             enc = self.encode(mine[a * micro:(a + 1) * micro])
             if not enc:
@@ -118,6 +129,11 @@ class Trainer:
                     ce_mis = answer_ce(self.model, self.reads(enc), state.rolled())
                     loss = loss + cfg.contrastive * torch.relu(cfg.contrastive_margin - (ce_mis - ce)).sum() / total
                     logs["ce_mis"] += float(ce_mis.detach().sum())
+                if cfg.preserve > 0:
+                    kl = self.preserve_kl(state, [stable_seed(cfg.seed, "plain", self.step, self.rank * share + a * micro + i)
+                                                  for i in range(len(enc))])
+                    loss = loss + cfg.preserve * kl.sum() / total
+                    logs["kl"] += float(kl.detach().sum())
                 gsum = sum(s for s, _ in binding.gate_sums)
                 gcount = sum(float(c) for _, c in binding.gate_sums)
                 g_all = torch.tensor([float(gsum.detach()), gcount], dtype=torch.float64)
@@ -138,16 +154,26 @@ class Trainer:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
-            stats = torch.tensor([logs["ce"], logs["ce_mis"], logs["tokens"]], dtype=torch.float64)
+            stats = torch.tensor([logs["ce"], logs["ce_mis"], logs["kl"], logs["tokens"]], dtype=torch.float64)
             dist.all_reduce(stats)
-            logs["ce"], logs["ce_mis"], logs["tokens"] = stats.tolist()
+            logs["ce"], logs["ce_mis"], logs["kl"], logs["tokens"] = stats.tolist()
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         self.sched.step()
         self.step += 1
         return {"step": self.step, "ce": logs["ce"] / total, "ce_mismatched": logs["ce_mis"] / total if cfg.contrastive else None,
-                "gate": logs["gate"], "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
+                "kl": logs["kl"] / total if cfg.preserve else None, "gate": logs["gate"], "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
                 "tokens": int(logs["tokens"])}
+
+    def preserve_kl(self, state: MemoryState, seeds: list[int]) -> torch.Tensor:
+        """Per-row KL(frozen backbone || backbone + `state`) on plain-text chunks chosen by `seeds` -> `[B]`
+        (nats per token). With the memory unbound the adapted model is exactly the backbone."""
+        ids = torch.tensor([self.plain[s % len(self.plain)] for s in seeds], device=self.device)
+        with torch.no_grad():
+            base = self.model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
+        with use_memory(self.model, state, write=False):
+            mem = self.model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
+        return (base.exp() * (base - mem)).sum(-1).mean(-1)
 
     # ---- validation -----------------------------------------------------------------------------
     @torch.no_grad()

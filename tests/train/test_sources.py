@@ -9,6 +9,7 @@ import pytest
 
 from deltamem.data.locomo import load_locomo
 from deltamem.train.sources import FACTS, NAMES, Episode, fact_updates, key_value, locomo_episodes, synthetic_chats
+from train_helpers import locomo_fixture
 
 GENERATORS = {
     "synthetic_train": lambda n, seed: synthetic_chats(n, seed, "train"),
@@ -124,34 +125,10 @@ def test_key_value_answer_is_in_history():
         assert all("name" not in m and "timestamp" not in m for m in ep.history)
 
 
-# ---- LoCoMo: a small hand-made sample in the LoCoMo layout --------------------------------------
-def _locomo_fixture() -> list[dict]:
-    def turns(session: int, n: int):
-        return [{"speaker": "Ann" if i % 2 == 0 else "Bob", "dia_id": f"D{session}:{i + 1}",
-                 "text": f"session {session} turn {i + 1} says marker-{session}-{i + 1}"} for i in range(n)]
-
-    conv = {"speaker_a": "Ann", "speaker_b": "Bob",
-            "session_1_date_time": "1 May 2023", "session_1": turns(1, 6),
-            "session_2_date_time": "8 May 2023", "session_2": turns(2, 6)}
-    qa = [
-        {"question": "q-early", "answer": "a1", "evidence": ["D1:2"], "category": 1},
-        {"question": "q-late", "answer": 2023, "evidence": ["D2:5"], "category": 2},
-        {"question": "q-two", "answer": "a3", "evidence": ["D1:3", "D2:2"], "category": 4},
-        {"question": "q-span-too-long", "answer": "a4", "evidence": ["D1:1", "D2:6"], "category": 3},
-        {"question": "q-unknown-evidence", "answer": "a5", "evidence": ["D9:9"], "category": 1},
-        {"question": "q-adversarial", "answer": "a6", "evidence": ["D1:4"], "category": 5},
-        {"question": "q-no-answer", "evidence": ["D1:4"], "category": 1},
-    ]
-    other = {"speaker_a": "Cy", "speaker_b": "Di", "session_1_date_time": "2 June 2023",
-             "session_1": [{"speaker": "Cy", "dia_id": "D1:1", "text": "other conversation"}]}
-    return [{"sample_id": "conv-x", "conversation": conv, "qa": qa},
-            {"sample_id": "conv-y", "conversation": other,
-             "qa": [{"question": "q-other", "answer": "o", "evidence": ["D1:1"], "category": 1}]}]
-
-
+# ---- LoCoMo: a small hand-made sample in the LoCoMo layout (train_helpers.locomo_fixture) ----------
 def test_locomo_episodes_keep_evidence_inside_history(tmp_path):
     path = tmp_path / "locomo.json"
-    path.write_text(json.dumps(_locomo_fixture()))
+    path.write_text(json.dumps(locomo_fixture()))
     samples = load_locomo(path)
     eps = locomo_episodes(samples, ["conv-x"], max_history=8)
     assert [e.question for e in eps] == ["q-early", "q-late", "q-two"]
