@@ -56,7 +56,7 @@ def plain_text_chunks(tokenizer, texts: list[str], n_tokens: int) -> list[list[i
     """Token chunks of exactly `n_tokens` from plain `texts` (each text split on its own; tails dropped)."""
     out = []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         out += [ids[i:i + n_tokens] for i in range(0, len(ids) - n_tokens + 1, n_tokens)]
     return out
 
