@@ -126,7 +126,9 @@ def train_eval(adapter: str, recipe: str = "configs/train/smollm2-135m-tsw.yaml"
     print(json.dumps(main_report(adapter, recipe, episodes, locomo, out), indent=2))
 
 
-COMMANDS = [demo, chat, write, ask, train, train_eval]
+from .serve.cli import serve  # noqa: E402  (the server's own module; fastapi is imported only when it runs)
+
+COMMANDS = [demo, chat, write, ask, train, train_eval, serve]
 
 
 # ---- argparse from signatures ----------------------------------------------------------------

@@ -33,6 +33,10 @@ class WriteTooLarge(ValueError):
     """A write above `max_write_tokens` (the server answers it with 413 instead of 422)."""
 
 
+class IncompatibleMemory(ValueError):
+    """A stored memory written by another backbone or adapter (the server answers it with 409)."""
+
+
 def turn_messages(user_text: str, reply: str) -> list[dict]:
     """The two messages a chat turn writes; an empty reply is written as a placeholder."""
     return [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply.strip() or "…"}]
@@ -221,10 +225,10 @@ class MemorySession:
         try:
             state.check_compatible(dm)
         except ValueError as e:
-            raise ValueError(f"{source}: {e}") from None
+            raise IncompatibleMemory(f"{source}: {e}") from None
         have = adapter or adapter_fingerprint(model)
         if extra.get("adapter") != have:
-            raise ValueError(f"{source}: session was written with adapter {extra.get('adapter')}, the model's "
+            raise IncompatibleMemory(f"{source}: session was written with adapter {extra.get('adapter')}, the model's "
                              f"adapter is {have}")
         settings = {**extra.get("settings", {}), **overrides}
         state.extra = {}
