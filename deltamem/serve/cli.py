@@ -20,7 +20,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000, db: str | None = None, adap
     `--api-keys FILE` holds `tenant:key` lines; without it only a loopback host is allowed.
     `--max-batch 1` serves generation requests one at a time. `--model-factory module:function`
     (for tests) builds `(model, tokenizer, description)` instead of loading a backbone."""
-    require_extra()
+    try:
+        require_extra()
+    except ImportError as e:
+        raise SystemExit(f"deltamem serve: error: {e}") from None
     import uvicorn
 
     from ..store import MemoryStore
