@@ -85,11 +85,22 @@ class Engine:
         self._thread.join(timeout=30)
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _collect(self, first) -> list:
+    @staticmethod
+    def _call(job: CallJob) -> None:
+        if job.future.set_running_or_notify_cancel():
+            try:
+                job.future.set_result(job.fn())
+            except BaseException as e:  # handed to the caller
+                job.future.set_exception(e)
+
+    def _collect(self, first: GenJob) -> list[GenJob]:
+        """`first` plus the generation requests that arrive within `batch_wait_s`. Calls that arrive
+        meanwhile (loading a session, rendering a prompt, a write) run at once, so the requests behind
+        them can still make this batch."""
         jobs = [first]
         deadline = time.monotonic() + self.batch_wait_s
-        while sum(isinstance(j, GenJob) for j in jobs) < self.max_batch:
-            wait = deadline - time.monotonic() if self.max_batch > 1 and isinstance(first, GenJob) else 0
+        while len(jobs) < self.max_batch:
+            wait = deadline - time.monotonic()
             try:
                 job = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
             except queue.Empty:
@@ -97,7 +108,10 @@ class Engine:
             if job is None:
                 self._q.put(None)
                 break
-            jobs.append(job)
+            if isinstance(job, CallJob):
+                self._call(job)
+            else:
+                jobs.append(job)
         return jobs
 
     def _loop(self) -> None:
@@ -105,20 +119,14 @@ class Engine:
             first = self._q.get()
             if first is None:
                 return
-            jobs = self._collect(first)
-            for job in jobs:
-                if isinstance(job, CallJob) and job.future.set_running_or_notify_cancel():
-                    try:
-                        job.future.set_result(job.fn())
-                    except BaseException as e:  # handed to the caller
-                        job.future.set_exception(e)
+            if isinstance(first, CallJob):
+                self._call(first)
+                continue
             groups: dict[tuple, list[GenJob]] = {}
-            for job in jobs:
-                if isinstance(job, GenJob):
-                    groups.setdefault(job.key(), []).append(job)
+            for job in self._collect(first):
+                groups.setdefault(job.key(), []).append(job)
             for group in groups.values():
-                for i in range(0, len(group), self.max_batch):
-                    self._generate(group[i:i + self.max_batch])
+                self._generate(group)
 
     def _generate(self, rows: list[GenJob]) -> None:
         self.batches.append(len(rows))
