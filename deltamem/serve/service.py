@@ -65,7 +65,7 @@ class MemoryService:
         self.backbone = get_delta_mem(model).fingerprint or ""
         self.empty_state = MemoryState.zeros(model).to_bytes()
         self._locks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        self._cache: OrderedDict = OrderedDict()  # (tenant, id) -> (version, MemorySession)
+        self._cache: OrderedDict = OrderedDict()  # (tenant, id) -> ((version, updated_at), MemorySession)
         self._cache_lock = threading.Lock()
         self._cache_size = cache_size
         self._tasks: set[asyncio.Task] = set()
@@ -93,7 +93,7 @@ class MemoryService:
         key = (rec.tenant, rec.memory_id)
         with self._cache_lock:
             hit = self._cache.get(key)
-            if hit is not None and hit[0] == rec.version:
+            if hit is not None and hit[0] == (rec.version, rec.updated_at):
                 self._cache.move_to_end(key)
                 return hit[1]
         if (rec.adapter, rec.backbone) != (self.adapter, self.backbone):
@@ -103,12 +103,15 @@ class MemoryService:
         state = MemoryState.from_bytes(rec.state, source=f"memory {rec.memory_id!r}")
         sess = MemorySession.restore(self.model, self.tokenizer, state, rec.transcript, rec.tokens_written,
                                      **self.settings)
-        self._remember(key, rec.version, sess)
+        self._remember(rec, sess)
         return sess
 
-    def _remember(self, key, version: int, sess: MemorySession) -> None:
+    def _remember(self, rec: MemoryRecord, sess: MemorySession) -> None:
+        """Cache a session for the record's (version, updated_at): a row deleted and recreated by another
+        server at the same version is not mistaken for this one."""
+        key = (rec.tenant, rec.memory_id)
         with self._cache_lock:
-            self._cache[key] = (version, sess)
+            self._cache[key] = ((rec.version, rec.updated_at), sess)
             self._cache.move_to_end(key)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -146,7 +149,7 @@ class MemoryService:
         except BaseException:
             self._drop(rec.tenant, rec.memory_id)
             raise
-        self._remember((rec.tenant, rec.memory_id), new.version, sess)
+        self._remember(new, sess)
         return new
 
     async def _write(self, rec: MemoryRecord, stored: bool, messages: list[dict]) -> MemoryRecord:

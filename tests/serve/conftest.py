@@ -16,7 +16,7 @@ for _m in ("fastapi", "uvicorn", "sqlalchemy", "httpx", "openai"):
 import serve_helpers as h  # noqa: E402
 
 PG_ENV = "DELTAMEM_TEST_POSTGRES_URL"
-KEYS = {"acme": "key-acme-123456", "globex": "key-globex-456789"}
+KEYS = h.KEYS
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 FACTORY = "serve_helpers:tiny_model"
 MODEL = "deltamem-test"
+KEYS = {"acme": "key-acme-123456", "globex": "key-globex-456789"}  # tenant -> API key of the test servers
 _cache: dict = {}
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import serve_helpers as h
-from conftest import KEYS
 from deltamem.adapter import MemoryState
 from deltamem.runtime.session import MemorySession
 
@@ -163,7 +162,7 @@ def test_auth_and_tenants(make_app):
     for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong-key-000"}, {"Authorization": "Basic x"}):
         assert_error(c.get("/v1/models", headers=headers), 401)
         assert_error(c.post("/v1/chat/completions", content=b"{bad", headers=headers), 401)  # auth comes first
-    other = {"Authorization": f"Bearer {KEYS['globex']}"}
+    other = {"Authorization": f"Bearer {h.KEYS['globex']}"}
     for method, path in (("get", "/v1/memories/u1"), ("get", "/v1/memories/u1/export"), ("delete", "/v1/memories/u1")):
         assert_error(c.request(method, path, headers=other), 404)
     assert c.post("/v1/memories/u1/ask", json={"question": "hi"}, headers=other).status_code == 404

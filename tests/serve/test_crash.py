@@ -12,11 +12,10 @@ import time
 import httpx
 
 import serve_helpers as h
-from conftest import KEYS
 from deltamem.adapter import MemoryState
 from deltamem.runtime.session import MemorySession, turn_messages
 
-HDR = {"Authorization": f"Bearer {KEYS['acme']}"}
+HDR = {"Authorization": f"Bearer {h.KEYS['acme']}"}
 
 
 def test_sigkill_mid_load_leaves_only_committed_turns(db_url, keys_file, tiny):

@@ -94,16 +94,15 @@ def operations(spec: dict):
 def client(tiny, tmp_path_factory):
     from fastapi.testclient import TestClient
 
-    from conftest import KEYS
     from deltamem.serve.app import create_app
     from deltamem.serve.auth import KeyRing, key_hash
     from deltamem.store import MemoryStore
 
     store = MemoryStore("sqlite:///" + str(tmp_path_factory.mktemp("fuzz") / "f.db"))
-    app = create_app(*tiny, store, keys=KeyRing({key_hash(KEYS["acme"]): "acme"}), model_name=h.MODEL,
+    app = create_app(*tiny, store, keys=KeyRing({key_hash(h.KEYS["acme"]): "acme"}), model_name=h.MODEL,
                      max_new_tokens=8, max_body_bytes=4096)
     with TestClient(app) as c:  # raises on any unhandled server exception
-        c.headers["Authorization"] = f"Bearer {KEYS['acme']}"
+        c.headers["Authorization"] = f"Bearer {h.KEYS['acme']}"
         yield c
 
 

@@ -11,16 +11,15 @@ import openai
 import pytest
 
 import serve_helpers as h
-from conftest import KEYS
 
 
 @pytest.fixture(scope="module")
 def acme(live):
-    return openai.OpenAI(base_url=live + "/v1", api_key=KEYS["acme"], max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=live + "/v1", api_key=h.KEYS["acme"], max_retries=0, timeout=120)
 
 
 def hdr(tenant="acme"):
-    return {"Authorization": f"Bearer {KEYS[tenant]}"}
+    return {"Authorization": f"Bearer {h.KEYS[tenant]}"}
 
 
 def test_openai_client_chat_and_stream(live, acme):

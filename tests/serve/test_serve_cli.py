@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 import serve_helpers as h
-from conftest import KEYS
 from deltamem import cli
 from deltamem.serve.auth import KeyRing, is_loopback, key_hash
 
@@ -58,14 +57,14 @@ def test_no_key_in_the_server_output(keys_file, tmp_path):
         h.wait_up(proc, port)
         base = f"http://127.0.0.1:{port}"
         httpx.get(base + "/v1/models", headers={"Authorization": "Bearer not-a-real-key-42"})
-        httpx.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEYS['acme']}"},
+        httpx.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {h.KEYS['acme']}"},
                    json={"model": h.MODEL, "user": "u", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]})
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=60)
     text = err.decode()
     assert "serving" in text and "API keys for 2 tenants" in text
-    for secret in (*KEYS.values(), "not-a-real-key-42", *(key_hash(k) for k in KEYS.values())):
+    for secret in (*h.KEYS.values(), "not-a-real-key-42", *(key_hash(k) for k in h.KEYS.values())):
         assert secret not in text
 
 
