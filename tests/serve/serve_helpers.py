@@ -67,7 +67,7 @@ def start_server(db: str, port: int, keys: str | None = None, *extra: str) -> su
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def wait_up(proc: subprocess.Popen, port: int, limit: float = 120) -> None:
+def wait_up(proc: subprocess.Popen, port: int, limit: float = 600) -> None:
     import httpx
 
     t0 = time.time()

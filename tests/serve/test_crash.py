@@ -28,7 +28,7 @@ def test_sigkill_mid_load_leaves_only_committed_turns(db_url, keys_file, tiny):
     base = f"http://127.0.0.1:{port}"
 
     def run(u):
-        with httpx.Client(base_url=base, headers=HDR, timeout=60) as c:
+        with httpx.Client(base_url=base, headers=HDR, timeout=300) as c:
             for t in range(40):
                 text = f"{u} turn {t}: remember the number {t * 7 + len(u)}."
                 sent[u].append(text)
@@ -43,7 +43,7 @@ def test_sigkill_mid_load_leaves_only_committed_turns(db_url, keys_file, tiny):
     threads = [threading.Thread(target=run, args=(u,)) for u in users]
     [t.start() for t in threads]
     t0 = time.time()
-    while sum(acked.values()) < 3 * len(users) and time.time() - t0 < 120:
+    while sum(acked.values()) < 3 * len(users) and time.time() - t0 < 600:  # generous: shared CPUs
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
