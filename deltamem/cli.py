@@ -126,7 +126,10 @@ def train_eval(adapter: str, recipe: str = "configs/train/smollm2-135m-tsw.yaml"
     print(json.dumps(main_report(adapter, recipe, episodes, locomo, out), indent=2))
 
 
-COMMANDS = [demo, chat, write, ask, train, train_eval]
+from .bench.serve import bench  # noqa: E402  (these modules import the server packages only when run)
+from .serve.cli import serve  # noqa: E402
+
+COMMANDS = [demo, chat, write, ask, train, train_eval, serve, bench]
 
 
 # ---- argparse from signatures ----------------------------------------------------------------

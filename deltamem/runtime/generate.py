@@ -127,24 +127,38 @@ def _cache_kw(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+class TextDecoder:
+    """Incremental detokenisation of one row: `push(token)` returns the new text, whole characters only
+    (an incomplete multi-byte character waits for the rest); `finish()` returns what is left."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.sent = tokenizer, [], ""
+
+    def _new(self, partial_ok: bool) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if (not partial_ok and text.endswith("\ufffd")) or len(text) <= len(self.sent):
+            return ""
+        new, self.sent = text[len(self.sent):], text
+        return new
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        return self._new(partial_ok=False)
+
+    def finish(self) -> str:
+        return self._new(partial_ok=True)
+
+
 def stream_text(tokenizer, token_stream: Iterator[list[int | None]]) -> Iterator[str]:
     """Turn a single-row token stream into text pieces (whole characters only)."""
-    ids: list[int] = []
-    sent = ""
+    dec = TextDecoder(tokenizer)
     for step in token_stream:
-        t = step[0]
-        if t is None:
+        if step[0] is None:
             break
-        ids.append(t)
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
-            continue
-        if len(text) > len(sent):
-            yield text[len(sent):]
-            sent = text
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    if len(text) > len(sent):
-        yield text[len(sent):]
+        if piece := dec.push(step[0]):
+            yield piece
+    if piece := dec.finish():
+        yield piece
 
 
 def kv_cache_bytes(model, tokens: int, bytes_per_value: int | None = None) -> int:

@@ -29,6 +29,19 @@ STATE_FILE = "memory.safetensors"
 SESSION_FORMAT = 1
 
 
+class WriteTooLarge(ValueError):
+    """A write above `max_write_tokens` (the server answers it with 413 instead of 422)."""
+
+
+class IncompatibleMemory(ValueError):
+    """A stored memory written by another backbone or adapter (the server answers it with 409)."""
+
+
+def turn_messages(user_text: str, reply: str) -> list[dict]:
+    """The two messages a chat turn writes; an empty reply is written as a placeholder."""
+    return [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply.strip() or "…"}]
+
+
 def adapter_fingerprint(model) -> str:
     """Hash of the δ-mem weights and config: a session is tied to the adapter that wrote it."""
     dm = get_delta_mem(model)
@@ -105,7 +118,7 @@ class MemorySession:
                                        granularity=self.dm.config.write_granularity)
         total = sum(p.new_tokens for p in passes)
         if total > self.max_write_tokens:
-            raise ValueError(f"write of {total} tokens exceeds max_write_tokens={self.max_write_tokens}")
+            raise WriteTooLarge(f"write of {total} tokens exceeds max_write_tokens={self.max_write_tokens}")
         state = self.state.clone()  # commit only when every pass succeeded
         bar = tqdm(total=total, unit="tok", desc="writing memory", disable=not self.progress or len(passes) < 2)
         for p in passes:
@@ -152,11 +165,10 @@ class MemorySession:
         for piece in self.stream_ask(user_text, **generation):
             pieces.append(piece)
             yield piece
-        reply = "".join(pieces).strip()
-        if not reply:  # an empty reply is written as a placeholder; show the caller what was written
-            reply = "…"
-            yield reply
-        self.write([{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}])
+        messages = turn_messages(user_text, "".join(pieces))
+        if not "".join(pieces).strip():  # the placeholder: show the caller what was written
+            yield messages[1]["content"]
+        self.write(messages)
 
     def chat(self, user_text: str, **generation) -> str:
         """Answer, then write the user turn and the reply into memory. Returns the reply."""
@@ -171,42 +183,66 @@ class MemorySession:
         self.state = MemoryState.zeros(self.model, batch_size=1)
         self.transcript, self._tokens, self.tokens_written = [], [], 0
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Save state, transcript and settings in one file, atomically (temp file, then rename)."""
+    def to_bytes(self, adapter: str | None = None) -> bytes:
+        """State, transcript and settings as one session file's bytes (`adapter`: a precomputed
+        `adapter_fingerprint`, which hashes every δ-mem weight)."""
         state = self.state.clone()
         state.extra = {
             "session_format": SESSION_FORMAT,
-            "adapter": adapter_fingerprint(self.model),
+            "adapter": adapter or adapter_fingerprint(self.model),
             "settings": {"window_tokens": self.window_tokens, "system_prompt": self.system_prompt,
                          "segment_tokens": self.segment_tokens, "context_tokens": self.context_tokens,
                          "max_write_tokens": self.max_write_tokens},
             "transcript": self.transcript,
             "tokens_written": self.tokens_written,
         }
+        return state.to_bytes()
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Save state, transcript and settings in one file, atomically (temp file, then rename)."""
+        state = MemoryState.from_bytes(self.to_bytes())
         state.save(os.path.join(os.fspath(directory), STATE_FILE))
+
+    @classmethod
+    def restore(cls, model, tokenizer, state: MemoryState, transcript: list[dict], tokens_written: int,
+                **settings) -> "MemorySession":
+        """A session continuing from a stored state and the transcript that produced it."""
+        sess = cls(model, tokenizer, state=state, **settings)
+        sess.transcript = check_messages(transcript, where="transcript")
+        sess._tokens = [sess.renderer.encode(sess.renderer.message(m)) for m in sess.transcript]
+        sess.tokens_written = int(tokens_written)
+        return sess
+
+    @classmethod
+    def from_bytes(cls, data: bytes, model, tokenizer, source: str = "session file", adapter: str | None = None,
+                   **overrides) -> "MemorySession":
+        """Parse `to_bytes` output; fails (ValueError naming `source`) on another backbone or adapter."""
+        state = MemoryState.from_bytes(data, source=source)
+        extra = state.extra
+        if extra.get("session_format") != SESSION_FORMAT:
+            raise ValueError(f"{source}: not a deltamem session file (session_format={extra.get('session_format')!r})")
+        dm = get_delta_mem(model)
+        try:
+            state.check_compatible(dm)
+        except ValueError as e:
+            raise IncompatibleMemory(f"{source}: {e}") from None
+        have = adapter or adapter_fingerprint(model)
+        if extra.get("adapter") != have:
+            raise IncompatibleMemory(f"{source}: session was written with adapter {extra.get('adapter')}, the model's "
+                             f"adapter is {have}")
+        settings = {**extra.get("settings", {}), **overrides}
+        state.extra = {}
+        try:
+            return cls.restore(model, tokenizer, state, extra.get("transcript", []),
+                               extra.get("tokens_written", 0), **settings)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model, tokenizer, **overrides) -> "MemorySession":
         """Restore a saved session; fails if it was written by another backbone or adapter."""
         path = os.path.join(os.fspath(directory), STATE_FILE)
-        state = MemoryState.load(path)
-        extra = state.extra
-        if extra.get("session_format") != SESSION_FORMAT:
-            raise ValueError(f"{path}: not a deltamem session file (session_format={extra.get('session_format')!r})")
-        dm = get_delta_mem(model)
-        try:
-            state.check_compatible(dm)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-        have = adapter_fingerprint(model)
-        if extra.get("adapter") != have:
-            raise ValueError(f"{path}: session was written with adapter {extra.get('adapter')}, the model's adapter "
-                             f"is {have}")
-        settings = {**extra.get("settings", {}), **overrides}
-        state.extra = {}
-        sess = cls(model, tokenizer, state=state, **settings)
-        transcript = check_messages(extra.get("transcript", []), where=f"{path} transcript")
-        sess.transcript = transcript
-        sess._tokens = [sess.renderer.encode(sess.renderer.message(m)) for m in transcript]
-        sess.tokens_written = int(extra.get("tokens_written", 0))
-        return sess
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no memory state file at {path}")
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read(), model, tokenizer, source=path, **overrides)

@@ -1,0 +1,83 @@
+"""Helpers for the server tests (a uniquely named module: test folders each have a conftest.py).
+
+`tiny_model()` is the `--model-factory` of test servers: the tiny random llama of
+tests/runtime (`build_tiny`, loaded from that conftest under another module
+name) with the real SmolLM2 tokenizer. The same call in the test process gives
+the same weights, so tests can replay a stored transcript and compare bytes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+FACTORY = "serve_helpers:tiny_model"
+MODEL = "deltamem-test"
+KEYS = {"acme": "key-acme-123456", "globex": "key-globex-456789"}  # tenant -> API key of the test servers
+_cache: dict = {}
+
+
+def runtime_fixtures():
+    """tests/runtime/conftest.py as a module (for `build_tiny`)."""
+    if "rt" not in _cache:
+        spec = importlib.util.spec_from_file_location("runtime_fixtures", os.path.join(REPO, "tests", "runtime",
+                                                                                       "conftest.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _cache["rt"] = mod
+    return _cache["rt"]
+
+
+def tokenizer():
+    if "tok" not in _cache:
+        from deltamem.runtime.backbone import load_backbone
+
+        model, tok = load_backbone(progress=False)
+        del model
+        _cache["tok"] = tok
+    return _cache["tok"]
+
+
+def tiny_model():
+    """`(model, tokenizer, description)`: a 2-layer, 64-wide random llama with δ-mem attached."""
+    tok = tokenizer()
+    return runtime_fixtures().build_tiny(tok), tok, "tiny random test model"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(db: str, port: int, keys: str | None = None, *extra: str) -> subprocess.Popen:
+    """`deltamem serve` on 127.0.0.1 with the tiny model, one torch thread; output to a log next to nothing."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, REPO, os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "deltamem.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", db,
+           "--model-factory", FACTORY, "--model-name", MODEL, "--max-new-tokens", "32", *extra]
+    if keys:
+        cmd += ["--api-keys", keys]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_up(proc: subprocess.Popen, port: int, limit: float = 600) -> None:
+    import httpx
+
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server did not come up")
