@@ -106,6 +106,16 @@ def ratios(agg: dict) -> list[dict]:
     return out
 
 
+def _order(lab: str) -> tuple:
+    """Baselines in the order of `METHODS`, then the δ-mem conditions in the order of `CONDITIONS`."""
+    from .methods import CONDITIONS, METHODS
+
+    if lab.startswith("delta-mem:"):
+        cond = lab.split(":", 1)[1]
+        return (len(METHODS), CONDITIONS.index(cond) if cond in CONDITIONS else len(CONDITIONS), lab)
+    return (METHODS.index(lab) if lab in METHODS else len(METHODS), 0, lab)
+
+
 def _ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -123,7 +133,7 @@ def markdown(agg: dict, rats: list[dict]) -> str:
                  for c in cats]
         lines += [f"### {suite}", "", "| method | W | n | " + " | ".join(names + extra) + " | s / question |",
                   "|---|---:|---:|" + "---:|" * (len(cats) + len(extra) + 1)]
-        for r in sorted(s["rows"], key=lambda r: (r["window"] or 0, r["label"])):
+        for r in sorted(s["rows"], key=lambda r: (r["window"] or 0, _order(r["label"]))):
             vals = [_f(r["categories"].get(c, {}).get("score")) for c in cats]
             vals += [_f(r.get("overall_1_4")), _f(r["overall"])] if suite == "locomo" else [_f(r["overall"])]
             n = f"{r['n']}" + (f" (+{r['skipped']} skipped)" if r["skipped"] else "")

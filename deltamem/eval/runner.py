@@ -122,7 +122,11 @@ def run_eval(model, tokenizer, spec: EvalSpec, encoder=None, progress: bool = Tr
                disable=not progress)
     base = {"suite": spec.suite, "method": spec.method, "condition": spec.condition, "label": tag, "window": win,
             "adapter": env.adapter_id if is_dm else None, "backbone": env.backbone_id}
-    with open(os.path.join(spec.out, RESULTS), "a") as f:
+    path = os.path.join(spec.out, RESULTS)
+    torn = os.path.exists(path) and os.path.getsize(path) > 0 and _last_byte(path) != b"\n"
+    with open(path, "a") as f:
+        if torn:  # an interrupted run left half a line: start a fresh one
+            f.write("\n")
         def emit(rec):
             f.write(json.dumps(rec) + "\n")
             f.flush()
@@ -160,6 +164,12 @@ def run_eval(model, tokenizer, spec: EvalSpec, encoder=None, progress: bool = Tr
                       **_perplexity(env, spec, prep, ctx, data)})
     bar.close()
     return write_reports([spec.out], spec.out)
+
+
+def _last_byte(path: str) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def _partner(env: Env, convs: list[Conversation], all_convs: list[Conversation], i: int) -> Prepared:
