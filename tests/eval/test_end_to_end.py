@@ -58,3 +58,16 @@ def test_every_method_runs_and_writes_all_outputs(suite, tiny, tokenizer, data_f
     if suite == "locomo":
         row = next(r for r in summary["suites"]["locomo"]["rows"] if r["label"] == "window")
         assert row["overall_1_4"] is not None and set(row["categories"]) <= {"1", "2", "3", "4", "5"}
+
+
+@pytest.mark.parametrize("config", [dict(write_granularity="message"), dict(num_state_heads=4)], ids=["SSW", "MSW"])
+def test_other_adapter_variants_write_and_answer(config, make_tiny, tokenizer, data_files, tmp_path):
+    from deltamem.adapter import DeltaMemConfig
+
+    model = make_tiny(DeltaMemConfig(**config))
+    for cond in ("window+memory", "mismatched"):
+        run_eval(model, tokenizer, spec("locomo", "delta-mem", cond, data_files, tmp_path, limit=2), progress=False)
+    recs = read_results(str(tmp_path))
+    assert len(recs) == 8 and all(isinstance(r["prediction"], str) for r in recs)
+    states = [f for f in os.listdir(tmp_path / "cache") if f.startswith("state-")]
+    assert len(states) == 2  # one written memory per conversation, shared by both conditions
