@@ -8,9 +8,13 @@ categories 2 (temporal), 3 (open-domain, gold cut at the first `;`) and 4
 (single-hop) are plain F1; category 5 (adversarial) scores 1 when the output
 says "no information available" or "not mentioned".
 
-Question prompts follow the official `gpt_utils.py`: category 2 gets the date
-hint, category 5 a two-option choice between "Not mentioned in the
-conversation" and the adversarial answer (order fixed per question).
+Question prompts and answer post-processing follow the official evaluation of
+open Hugging Face models (`task_eval/evaluate_llama2.py`): category 2 gets the
+date hint; category 5 becomes a choice "(a) ... (b) ..." between "No
+information available" and the adversarial answer (the order is a fixed coin
+per question), and the reply is mapped to the option text ("(a)" in the reply
+picks option a, anything else option b); other replies keep their first line,
+with "(a)", "(b)", "answer:" stripped.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from .items import Conversation, Item
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 DATE_HINT = " Use DATE of CONVERSATION to answer with an approximate date."
-NOT_MENTIONED = "Not mentioned in the conversation"
-QA_PROMPT = ("Based on the above context, write an answer in the form of a short phrase for the following question. "
-             "Answer with exact words from the context whenever possible.\n\nQuestion: {} Short answer:")
-QA_PROMPT_CAT_5 = "Based on the above context, answer the following question.\n\nQuestion: {} Short answer:"
+NO_INFO = "No information available"
+CAT_5 = " (a) {} (b) {}. Select the correct answer by writing (a) or (b)."
+QA_PROMPT = ("Based on the above conversations, write a short answer for the following question in a few words. Do not "
+             "write complete and lengthy sentences. Answer with exact words from the conversations whenever "
+             "possible.\n\nQuestion: {}")
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the|and)\b")
 
@@ -82,15 +87,31 @@ def score(prediction: str, answer: str, category: int) -> float:
     raise ValueError(f"LoCoMo category must be 1-5, got {category!r}")
 
 
+def category_5_options(item_id: str, adversarial_answer: str) -> dict:
+    """Options (a) and (b) of a category-5 question: "No information available" first or second by a coin
+    fixed per question."""
+    first = int(hashlib.sha256(item_id.encode()).hexdigest(), 16) % 2 == 0
+    return {"a": NO_INFO, "b": adversarial_answer} if first else {"a": adversarial_answer, "b": NO_INFO}
+
+
 def question_prompt(question: str, category: int, item_id: str, adversarial_answer: str = "") -> str:
     """The official question text: date hint for category 2, a two-option choice for category 5."""
     if category == 2:
         question += DATE_HINT
     if category == 5:
-        first = int(hashlib.sha256(item_id.encode()).hexdigest(), 16) % 2 == 0  # fixed coin per question
-        a, b = (NOT_MENTIONED, adversarial_answer) if first else (adversarial_answer, NOT_MENTIONED)
-        return QA_PROMPT_CAT_5.format(f"{question} Select the correct answer: (a) {a} (b) {b}.")
+        opts = category_5_options(item_id, adversarial_answer)
+        question += CAT_5.format(opts["a"], opts["b"])
     return QA_PROMPT.format(question)
+
+
+def postprocess(reply: str, category: int, options: dict | None = None) -> str:
+    """The official answer clean-up: first line; category 5 mapped to the chosen option's text."""
+    lines = [w.strip() for w in reply.replace('\\"', "'").strip().split("\n") if w.strip()]
+    answer = lines[0] if lines else ""
+    if category == 5 and options:
+        return options["a"] if "(a)" in answer.lower() else options["b"]
+    return answer.lower().replace("(a)", "").replace("(b)", "").replace("a)", "").replace("b)", "") \
+        .replace("answer:", "").strip()
 
 
 def _qa_items(sample: dict, path: str, index: int) -> list[Item]:
@@ -111,8 +132,9 @@ def _qa_items(sample: dict, path: str, index: int) -> list[Item]:
         gold = str(qa[key])
         item_id = f"{sid}:q{j}"
         adversarial = str(qa.get("adversarial_answer", gold)) if cat == 5 else ""
+        meta = {"options": category_5_options(item_id, adversarial)} if cat == 5 else {}
         items.append(Item(item_id, question_prompt(qa["question"], cat, item_id, adversarial), [gold], cat,
-                          query=qa["question"]))
+                          query=qa["question"], meta=meta))
     return items
 
 

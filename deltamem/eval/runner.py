@@ -10,6 +10,7 @@ or prefilled prefix), then its items are answered in batches.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -23,7 +24,7 @@ from ..runtime.render import Renderer
 from .engine import answer_batch
 from .items import Conversation
 from .methods import SYSTEM_PROMPT, Env, Prepared, build, check_method, label, uses_window
-from .suites import SUITES, score_item, select
+from .suites import SUITES, answer_text, score_item, select
 
 RESULTS = "results.jsonl"
 
@@ -112,11 +113,13 @@ def run_eval(model, tokenizer, spec: EvalSpec, encoder=None, progress: bool = Tr
     settings = f"n{spec.max_new_tokens}" + (f"-s{spec.summary_tokens}" if spec.method == "summary" else "")
     owner = env.adapter_id if is_dm else env.backbone_id
 
-    def key(conv, item_id):
-        return "|".join([spec.suite, tag, owner, f"w{win}" if win is not None else "w-", conv.id, item_id, settings])
+    def key(conv, item_id, text=""):  # the prompt's hash: an edited question is asked again
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        return "|".join([spec.suite, tag, owner, f"w{win}" if win is not None else "w-", conv.id, item_id, digest,
+                         settings])
 
     done = {r["key"] for r in read_results(spec.out)}
-    todo = [(c, [it for it in c.items if key(c, it.id) not in done]) for c in convs]
+    todo = [(c, [it for it in c.items if key(c, it.id, it.question) not in done]) for c in convs]
     total = sum(len(t) for _, t in todo)
     bar = tqdm(total=total, desc=f"{spec.suite} {tag}" + (f" W={win}" if win is not None else ""), unit="q",
                disable=not progress)
@@ -141,7 +144,7 @@ def run_eval(model, tokenizer, spec: EvalSpec, encoder=None, progress: bool = Tr
             ctx = build(env, spec.method, spec.condition, prep, partner)
             if ctx.prefix is None:  # does not fit: one record per item says so
                 for it in items:
-                    emit({**base, "key": key(conv, it.id), "conversation": conv.id, "item": it.id,
+                    emit({**base, "key": key(conv, it.id, it.question), "conversation": conv.id, "item": it.id,
                           "category": it.category, "question": it.question, "gold": it.answers, "prediction": None,
                           "score": None, "skipped": ctx.note})
                 bar.update(len(items))
@@ -153,10 +156,11 @@ def run_eval(model, tokenizer, spec: EvalSpec, encoder=None, progress: bool = Tr
                 rows = answer_batch(ctx.prefix, suffixes, env.cfg, env.stop, env.pad_id)
                 dt = (time.perf_counter() - t0) / len(batch)
                 for it, toks in zip(batch, rows):
-                    pred = tokenizer.decode(toks, skip_special_tokens=True).strip()
-                    emit({**base, "key": key(conv, it.id), "conversation": conv.id, "item": it.id,
-                          "category": it.category, "question": it.question, "gold": it.answers, "prediction": pred,
-                          "score": score_item(pred, it), "latency_s": round(dt, 4),
+                    reply = tokenizer.decode(toks, skip_special_tokens=True).strip()
+                    pred = answer_text(reply, it)
+                    emit({**base, "key": key(conv, it.id, it.question), "conversation": conv.id, "item": it.id,
+                          "category": it.category, "question": it.question, "gold": it.answers, "reply": reply,
+                          "prediction": pred, "score": score_item(pred, it), "latency_s": round(dt, 4),
                           "prompt_tokens": ctx.prompt_tokens(it), "note": ctx.note})
                 bar.update(len(batch))
             if want_ppl:

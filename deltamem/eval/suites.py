@@ -74,6 +74,15 @@ SUITES = {s.name: s for s in (
 )}
 
 
+def answer_text(reply: str, item: Item) -> str:
+    """The answer that is scored: LoCoMo replies get the official clean-up, others are kept as they are."""
+    if item.match == "locomo":
+        from .locomo import postprocess
+
+        return postprocess(reply, int(item.category), item.meta.get("options"))
+    return reply
+
+
 def score_item(prediction: str, item: Item) -> float:
     """The item's score in [0, 1] by its match rule."""
     if item.match == "locomo":

@@ -9,7 +9,7 @@ import pytest
 
 from deltamem.eval.locomo import load_conversations, training_conversations
 from deltamem.eval.mab import load_conflict_resolution, load_synthetic
-from deltamem.eval.suites import SUITES, score_item, select
+from deltamem.eval.suites import SUITES, answer_text, score_item, select
 
 from conftest import LOCOMO, mab_rows
 
@@ -28,9 +28,13 @@ def test_locomo_items_prompts_and_history(tmp_path):
     assert a.items[0].query == "When did Caroline go to the support group?"  # retrievers search the bare question
     assert "Use DATE of CONVERSATION" in a.items[0].question
     assert a.items[4].answers == ["a kitten"] and "Select the correct answer" in a.items[4].question
+    assert sorted(a.items[4].meta["options"].values()) == ["No information available", "a kitten"]
     assert convs[1].items[0].answers == ["2022"]  # integer gold cast to text
     assert a.history[0]["timestamp"] == "1:56 pm on 8 May, 2023" and a.history[0]["name"] == "Caroline"
     assert score_item("not mentioned", a.items[4]) == 1.0 and score_item("a kitten", a.items[1]) == 1.0
+    no_info = next(k for k, v in a.items[4].meta["options"].items() if v == "No information available")
+    assert score_item(answer_text(f"({no_info})", a.items[4]), a.items[4]) == 1.0
+    assert answer_text("(x) raw\nsecond line", convs[1].items[0]) == "(x) raw"
 
 
 @pytest.mark.parametrize("mutate, message", [

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from deltamem.eval import locomo
-from deltamem.eval.locomo import f1_score, normalize_answer, question_prompt, score
+from deltamem.eval.locomo import (category_5_options, f1_score, normalize_answer, postprocess,
+                                  question_prompt, score)
 
 
 def test_normalisation_drops_case_commas_punctuation_and_articles():
@@ -67,15 +68,28 @@ def test_f1_is_zero_when_either_side_normalises_to_nothing():
 
 def test_question_prompts_follow_the_official_templates():
     q2 = question_prompt("When did she move?", 2, "c:q0")
-    assert "When did she move? Use DATE of CONVERSATION to answer with an approximate date." in q2
-    assert q2.startswith("Based on the above context") and q2.endswith("Short answer:")
+    assert q2.endswith("Question: When did she move? Use DATE of CONVERSATION to answer with an approximate date.")
+    assert q2.startswith("Based on the above conversations, write a short answer")
     assert "Use DATE" not in question_prompt("Who?", 4, "c:q1")
     five = [question_prompt("What did X realise?", 5, f"c:q{i}", "self-care") for i in range(12)]
     for p in five:
-        assert "Select the correct answer: (a)" in p and "Not mentioned in the conversation" in p and "self-care" in p
-    firsts = {p.index("Not mentioned") < p.index("self-care") for p in five}
+        assert "What did X realise? (a) " in p and p.endswith("Select the correct answer by writing (a) or (b).")
+        assert "No information available" in p and "self-care" in p
+    firsts = {p.index("No information") < p.index("self-care") for p in five}
     assert firsts == {True, False}  # the order varies between questions ...
     assert five == [question_prompt("What did X realise?", 5, f"c:q{i}", "self-care") for i in range(12)]  # ... fixed
+    opts = category_5_options("c:q0", "self-care")
+    assert sorted(opts.values()) == ["No information available", "self-care"]
+
+
+def test_replies_are_post_processed_like_the_official_script():
+    opts = {"a": "self-care", "b": "No information available"}
+    assert postprocess("(b) No information", 5, opts) == "No information available"
+    assert postprocess("I think (A).", 5, opts) == "self-care"
+    assert postprocess("", 5, opts) == "No information available"  # anything but "(a)" picks option b
+    assert postprocess("\n  Answer: (a) Paris\nmore text", 4) == "paris"
+    assert postprocess("", 4) == ""
+    assert score(postprocess("Not sure (a)", 5, {"a": "No information available", "b": "x"}), "x", 5) == 1.0
 
 
 def test_missing_nltk_names_what_to_install(monkeypatch):
