@@ -11,7 +11,7 @@ from deltamem.eval.locomo import load_conversations, training_conversations
 from deltamem.eval.mab import load_conflict_resolution, load_synthetic
 from deltamem.eval.suites import SUITES, answer_text, score_item, select
 
-from conftest import LOCOMO, mab_rows
+from eval_helpers import LOCOMO, mab_rows
 
 
 def write(tmp_path, obj, name="data.json"):

@@ -11,7 +11,7 @@ import pytest
 from deltamem.eval import EvalSpec, run_eval
 from deltamem.eval.runner import read_results
 
-from conftest import bow_encode
+from eval_helpers import bow_encode
 
 RUNS = [("none", None), ("window", None), ("full", None), ("rag-bm25", None), ("rag-dense", None),
         ("summary", None), ("delta-mem", "memory-only"), ("delta-mem", "window+memory"),

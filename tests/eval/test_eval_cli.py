@@ -12,7 +12,7 @@ from deltamem import cli
 from deltamem.eval import EvalSpec, run_eval
 from deltamem.eval.runner import RESULTS, read_results
 
-from conftest import bow_encode
+from eval_helpers import bow_encode
 
 
 def run_main(argv, capsys):

@@ -9,7 +9,7 @@ import pytest
 
 from deltamem.eval.retrieval import BM25Retriever, DenseRetriever, pack, require
 
-from conftest import bow_encode
+from eval_helpers import bow_encode
 
 HISTORY = [
     "[8 May 2023] Caroline: I went to a support group for new parents yesterday.",
