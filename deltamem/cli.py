@@ -158,6 +158,8 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", required=True)
     for fn in commands or COMMANDS:
         _add_command(sub, fn)
+    from .eval.cli import add_parser as add_eval_parser  # `deltamem eval SUITE ...`, `deltamem eval report DIR...`
+    add_eval_parser(sub)
     return parser
 
 
