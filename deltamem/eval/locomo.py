@@ -154,12 +154,14 @@ def load_conversations(path: str | os.PathLike) -> list[Conversation]:
 
 
 def training_conversations(recipes: str | os.PathLike | None = None) -> set[str]:
-    """LoCoMo conversation ids that any training recipe (configs/train/*.yaml) trains on."""
+    """LoCoMo conversation ids that any training recipe (configs/train/*.yaml) trains on: its QA
+    episodes (`locomo_conversations`) or its plain text (`preserve_conversations`)."""
     import yaml
 
     folder = Path(recipes) if recipes else Path(__file__).resolve().parents[2] / "configs" / "train"
     used: set[str] = set()
     for f in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
         cfg = yaml.safe_load(f.read_text()) or {}
-        used.update(str(c) for c in cfg.get("locomo_conversations") or [])
+        for key in ("locomo_conversations", "preserve_conversations"):
+            used.update(str(c) for c in cfg.get(key) or [])
     return used

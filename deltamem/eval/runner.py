@@ -75,7 +75,7 @@ def read_results(out_dir: str) -> list[dict]:
 
 
 def default_conversations(spec: EvalSpec, convs: list[Conversation]) -> list[str] | None:
-    """LoCoMo: the conversations no training recipe uses (configs/train/*.yaml `locomo_conversations`)."""
+    """LoCoMo: the conversations no training recipe uses (configs/train/*.yaml `locomo_conversations`, `preserve_conversations`)."""
     if spec.conversations is not None:
         return spec.conversations
     if spec.suite != "locomo":

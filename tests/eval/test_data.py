@@ -105,4 +105,6 @@ def test_training_conversations_come_from_the_recipes(tmp_path):
     (tmp_path / "a.yaml").write_text("locomo_conversations: [conv-26, conv-30]\n")
     (tmp_path / "b.yaml").write_text("steps: 3\n")
     assert training_conversations(tmp_path) == {"conv-26", "conv-30"}
+    (tmp_path / "c.yaml").write_text("preserve_conversations: [conv-41]\n")  # plain text read in training
+    assert training_conversations(tmp_path) == {"conv-26", "conv-30", "conv-41"}
     assert isinstance(training_conversations(), set)  # the repository's own recipes parse
