@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 
@@ -12,7 +11,8 @@ from deltamem.cli import main
 
 from train_helpers import REPO
 
-RECIPE = sorted(glob.glob(os.path.join(REPO, "configs", "train", "*.yaml")))[0]
+# the first-stage recipe: later stages start from its output (`init_adapter`), absent in a fresh clone
+RECIPE = os.path.join(REPO, "configs", "train", "smollm2-135m-tsw.yaml")
 
 
 def _tiny_sets(tiny_dir, out) -> list[str]:
