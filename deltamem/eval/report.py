@@ -10,6 +10,9 @@ comparison. The ratios, per suite and window W:
 * delta-mem / window: δ-mem `window+memory` at W against the `window` baseline at W;
 * delta-mem / best: the same against the best non-δ-mem method at W.
 
+Only rows with as many answered items from the same conversations take part
+(a baseline still running is left out of the comparison).
+
 (and the same two for every other δ-mem condition that was run).
 """
 
@@ -85,13 +88,15 @@ def ratios(agg: dict) -> list[dict]:
         windows = sorted({r["window"] for r in rows if r["window"] is not None}) or [None]
         for w in windows:
             here = [r for r in rows if r["window"] in (w, None)]
-            base = [r for r in here if not r["label"].startswith("delta-mem")]
-            win = next((r for r in base if r["label"] == "window"), None)
-            best = max(base, key=lambda r: r["headline"], default=None)
             for cond in HEADLINE_DM:
                 dm = next((r for r in here if r["label"] == f"delta-mem:{cond}"), None)
                 if dm is None:
                     continue
+                # compare on the same items only: a baseline that has not finished them is left out
+                base = [r for r in here if not r["label"].startswith("delta-mem") and r["n"] == dm["n"]
+                        and r["conversations"] == dm["conversations"]]
+                win = next((r for r in base if r["label"] == "window"), None)
+                best = max(base, key=lambda r: r["headline"], default=None)
                 out.append({"suite": suite, "window": w, "delta_mem": dm["label"], "delta_mem_score": dm["headline"],
                             "window_score": win["headline"] if win else None,
                             "best_label": best["label"] if best else None,
