@@ -152,26 +152,12 @@ def test_load_from_missing_directory(tmp_path):
 # --------------------------------------------------------------------------- states in use_memory
 
 
-def test_state_with_other_rank():
+@pytest.mark.parametrize("kw, what", [({"rank": 4}, "rank"), ({"num_state_heads": 2}, "heads"),
+                                      ({"target_layers": [0]}, "layers")])
+def test_state_with_other_shape(kw, what):
     model = attached("llama")
-    other = dm.MemoryState.zeros(attached("llama", rank=4))
-    with pytest.raises(ValueError, match="rank"):
-        with dm.use_memory(model, other):
-            pass
-
-
-def test_state_with_other_heads():
-    model = attached("llama")
-    other = dm.MemoryState.zeros(attached("llama", num_state_heads=2))
-    with pytest.raises(ValueError, match="heads"):
-        with dm.use_memory(model, other):
-            pass
-
-
-def test_state_with_other_layers():
-    model = attached("llama")
-    other = dm.MemoryState.zeros(attached("llama", target_layers=[0]))
-    with pytest.raises(ValueError, match="layers"):
+    other = dm.MemoryState.zeros(attached("llama", **kw))
+    with pytest.raises(ValueError, match=what):
         with dm.use_memory(model, other):
             pass
 
