@@ -26,6 +26,8 @@ class TrainConfig:
     curriculum_start: list = field(default_factory=lambda: [0, 0])  # filler range at step 0
     curriculum_steps: int = 0  # steps over which filler grows to `filler_turns` (0 = none)
     novel_values: float = 0.0  # share of synthetic/update values that are made-up words (must be copied)
+    vocab_values: float = 0.0  # share that are real words from the backbone's vocabulary (held-out values removed)
+    generic_templates: float = 0.0  # share of statements/questions from attribute-generic phrasings
     locomo_path: str | None = None
     locomo_conversations: list = field(default_factory=list)
     recent_messages: int = 0
@@ -79,8 +81,9 @@ class TrainConfig:
         if self.preserve > 0 and not (self.locomo_path and self.preserve_conversations):
             raise ValueError("recipe key 'preserve_conversations' must name LoCoMo conversations (and 'locomo_path' "
                              "the file) when 'preserve' > 0")
-        if not 0.0 <= self.novel_values <= 1.0:
-            raise ValueError(f"recipe key 'novel_values' must be in [0, 1], got {self.novel_values}")
+        for name in ("novel_values", "vocab_values", "generic_templates"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"recipe key {name!r} must be in [0, 1], got {getattr(self, name)}")
         self.adapter_config()  # validates the adapter fields, naming any bad one
 
     def adapter_config(self) -> DeltaMemConfig:

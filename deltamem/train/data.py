@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from .config import TrainConfig
-from .sources import Episode, fact_updates, key_value, locomo_episodes, synthetic_chats
+from .sources import FACTS, NAMES, Episode, fact_updates, key_value, locomo_episodes, synthetic_chats
 
 
 def filler_range(cfg: TrainConfig, step: int) -> tuple[int, int]:
@@ -21,8 +21,11 @@ def filler_range(cfg: TrainConfig, step: int) -> tuple[int, int]:
 class EpisodeStream:
     """`batch(step)` returns the same episodes for the same (seed, step), so runs resume exactly."""
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, words: tuple[str, ...] = ()):
+        if cfg.vocab_values > 0 and len(words) < 3:
+            raise ValueError("recipe key 'vocab_values' > 0 needs a word list: build the stream with "
+                             "vocabulary_words(tokenizer)")
+        self.cfg, self.words = cfg, words
         names = sorted(cfg.sources)
         self.names = [n for n in names if cfg.sources[n] > 0]
         self.weights = [cfg.sources[n] for n in self.names]
@@ -37,15 +40,19 @@ class EpisodeStream:
         kind = rng.choices(self.names, self.weights)[0]
         s = rng.randrange(2**31)
         if kind == "synthetic":
-            return synthetic_chats(1, s, split, tuple(self.cfg.facts_per_episode), fillers, self._novel(split))[0]
+            return synthetic_chats(1, s, split, tuple(self.cfg.facts_per_episode), fillers, **self._mix(split))[0]
         if kind == "updates":
-            return fact_updates(1, s, split, fillers, self._novel(split))[0]
+            return fact_updates(1, s, split, fillers, **self._mix(split))[0]
         if kind == "key_value":
             return key_value(1, s, noise_turns=fillers)[0]
         return self.locomo[rng.randrange(len(self.locomo))]
 
-    def _novel(self, split: str) -> float:
-        return self.cfg.novel_values if split == "train" else 0.0
+    def _mix(self, split: str) -> dict:
+        """Value and template mixture: the recipe's on the training split, none on the held-out one."""
+        if split != "train":
+            return {}
+        c = self.cfg
+        return {"novel": c.novel_values, "vocab": c.vocab_values, "words": self.words, "generic": c.generic_templates}
 
     def batch(self, step: int, n: int) -> list[Episode]:
         fillers = filler_range(self.cfg, step)
@@ -61,10 +68,10 @@ def plain_text_chunks(tokenizer, texts: list[str], n_tokens: int) -> list[list[i
     return out
 
 
-def validation_set(cfg: TrainConfig, n: int, split: str = "train") -> list[Episode]:
+def validation_set(cfg: TrainConfig, n: int, split: str = "train", words: tuple[str, ...] = ()) -> list[Episode]:
     """Episodes from the training distribution (final filler range) under a seed training never uses;
     `split="heldout"` uses unseen names, values and templates instead."""
-    stream = EpisodeStream(cfg)
+    stream = EpisodeStream(cfg, words)
     return [stream.episode(stable_seed("validation", split, cfg.seed, i), tuple(cfg.filler_turns), split)
             for i in range(n)]
 
@@ -72,3 +79,16 @@ def validation_set(cfg: TrainConfig, n: int, split: str = "train") -> list[Episo
 def stable_seed(*key) -> int:
     """A seed from a key, identical in every process (unlike `hash`, which is salted per process)."""
     return random.Random(repr(key)).randrange(2**31)
+
+
+def vocabulary_words(tokenizer, min_len: int = 4, max_len: int = 10) -> tuple[str, ...]:
+    """Lower-case real words that the tokenizer holds as one space-prefixed token ("Ġharbor"), sorted,
+    with every held-out value and name removed (training on them would leak the held-out split)."""
+    banned = {v.lower() for attr in FACTS.values() for v in attr[1]} | {n.lower() for n in NAMES["heldout"]}
+    words = set()
+    for token in tokenizer.get_vocab():
+        text = tokenizer.convert_tokens_to_string([token])
+        w = text[1:]
+        if text[:1] == " " and w.isascii() and w.isalpha() and min_len <= len(w) <= max_len and w.lower() not in banned:
+            words.add(w.lower())
+    return tuple(sorted(words))

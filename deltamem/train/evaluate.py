@@ -103,17 +103,17 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
     cfg = tr.cfg
     report = {}
     for split in ("heldout", "train"):
-        eps = validation_set(cfg, n, split=split) if split == "heldout" else _unseen_seed(cfg, n)
+        eps = validation_set(cfg, n, split=split) if split == "heldout" else _unseen_seed(cfg, n, tr.words)
         report[split] = {"ce": tr.validate(eps), **greedy_accuracy(tr, eps)}
     if plain_texts and memory_text:
         report["perplexity"] = perplexity_ratio(tr, plain_texts, memory_text)
     return report
 
 
-def _unseen_seed(cfg, n):
+def _unseen_seed(cfg, n, words=()):
     from dataclasses import replace
 
-    return validation_set(replace(cfg, seed=cfg.seed + 7919), n, split="train")
+    return validation_set(replace(cfg, seed=cfg.seed + 7919), n, split="train", words=words)
 
 
 def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str | None) -> dict:

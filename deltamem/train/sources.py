@@ -5,7 +5,11 @@
   Statement/question templates and values come in disjoint "train" and "heldout" splits.
 * `fact_updates`: a fact stated, later overwritten; the answer is the latest value.
 * `novel` (both of the above, training split only): the share of values that are made-up
-  words, which no prior can guess, so the memory must carry the value itself.
+  words, which no prior can guess, so the memory must carry the value itself; `vocab`: the
+  share drawn from `words`, a large list of real words (the backbone's vocabulary, held-out
+  values removed), so that copying is learnt on values as varied as real ones;
+* `generic` (training split only): the share of statements and questions taken from
+  attribute-generic templates, so that one phrasing does not stand for one attribute.
 * `key_value`: RULER-style key-value / needle recall in a noise haystack.
 * `locomo_episodes`: LoCoMo QA pairs whose evidence lies inside the written history.
 """
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 NAMES = {
@@ -95,6 +100,18 @@ FACTS = {
             ["What make is {n}'s car?"]),
 }
 
+# attribute-generic phrasings (training split only; never equal to a held-out template)
+NOUNS = {"pet": "pet's name", "job": "job", "city": "home city", "sport": "sport", "instrument": "instrument",
+         "food": "favourite dish", "color": "favourite colour", "month": "birth month", "sibling": "sibling's name",
+         "car": "car brand"}
+GENERIC_STATEMENTS = ["By the way, my {noun} is {v}.", "Something about me: my {noun} is {v}.",
+                      "Just so you know, my {noun} is {v}.", "Fun fact, my {noun}? It is {v}.",
+                      "Oh, and my {noun} is {v}, in case you wondered.", "Quick note for you: {v} is my {noun}.",
+                      "People are often surprised that my {noun} is {v}.", "For the record, {v} is my {noun}."]
+GENERIC_QUESTIONS = ["What is {n}'s {noun}?", "Do you remember {n}'s {noun}?", "Tell me {n}'s {noun}.",
+                     "What did {n} say their {noun} is?", "Which {noun} did {n} mention?",
+                     "{n} mentioned their {noun}. What was it?"]
+
 FILLER = [
     "The weather was {w} today, so I stayed in most of the afternoon.",
     "I watched a documentary about {t} last night, it was interesting.",
@@ -143,15 +160,29 @@ def pseudo_word(rng: random.Random, capital: bool = False) -> str:
     return w.capitalize() if capital else w
 
 
-def _values(rng: random.Random, attr: str, h: int, novel: float, k: int = 1) -> list[str]:
-    """`k` distinct values for `attr`: from the split's pool, or with probability `novel` made up."""
+def _values(rng: random.Random, attr: str, h: int, novel: float, k: int = 1, vocab: float = 0.0,
+            words: Sequence[str] = ()) -> list[str]:
+    """`k` distinct values for `attr`: from the split's pool, with probability `vocab` real words from
+    `words`, or with probability `novel` made up."""
+    cap = attr in CAPITALISED
+    if vocab > 0 and rng.random() < vocab:
+        return [w.capitalize() if cap else w for w in rng.sample(words, k)]
     if novel > 0 and rng.random() < novel:
         out: list[str] = []
         while len(out) < k:
-            w = pseudo_word(rng, attr in CAPITALISED)
+            w = pseudo_word(rng, cap)
             out += [w] if w not in out else []
         return out
     return rng.sample(FACTS[attr][h], k)
+
+
+def _phrase(rng: random.Random, attr: str, h: int, which: int, generic: float, **fields) -> str:
+    """A statement (`which=2`) or question (`which=4`) about `attr`: the split's own templates, or with
+    probability `generic` an attribute-generic one (training split only)."""
+    if generic > 0 and rng.random() < generic:
+        pool = GENERIC_STATEMENTS if which == 2 else GENERIC_QUESTIONS
+        return rng.choice(pool).format(noun=NOUNS[attr], **fields)
+    return rng.choice(FACTS[attr][which + h]).format(**fields)
 
 
 def _date(rng: random.Random) -> str:
@@ -159,23 +190,25 @@ def _date(rng: random.Random) -> str:
 
 
 def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: tuple[int, int] = (1, 3),
-                    filler_turns: tuple[int, int] = (0, 6), novel: float = 0.0) -> list[Episode]:
+                    filler_turns: tuple[int, int] = (0, 6), novel: float = 0.0, vocab: float = 0.0,
+                    words: Sequence[str] = (), generic: float = 0.0) -> list[Episode]:
     """`n` chats, each stating 1-3 facts about one person among filler turn pairs; one question each.
 
     `split="train"` draws names, values and templates from the training pools,
     `"heldout"` from disjoint ones (unseen values, statements and questions).
     """
-    _check_split(split, novel)
+    _check_split(split, novel, vocab, words, generic)
     rng = random.Random(seed)
     h = 0 if split == "train" else 1
     out = []
     for _ in range(n):
         name = rng.choice(NAMES[split])
         kinds = rng.sample(sorted(FACTS), rng.randint(*facts_per_episode))
-        chosen = {k: _values(rng, k, h, novel)[0] if novel else rng.choice(FACTS[k][h]) for k in kinds}
+        chosen = {k: _values(rng, k, h, novel, 1, vocab, words)[0] if novel or vocab else rng.choice(FACTS[k][h])
+                  for k in kinds}
         turns = [[*_filler(rng, name, "")] for _ in range(rng.randint(*filler_turns))]
         for k in kinds:
-            stmt = rng.choice(FACTS[k][2 + h]).format(v=chosen[k])
+            stmt = _phrase(rng, k, h, 2, generic, v=chosen[k])
             turns.insert(rng.randint(0, len(turns)), [{"role": "user", "name": name, "content": stmt},
                                                       {"role": "assistant", "content": rng.choice(FACT_REPLIES)}])
         history, date = [], _date(rng)
@@ -185,40 +218,44 @@ def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: 
                     m["timestamp"] = date
             history += pair
         target = rng.choice(kinds)
-        question = rng.choice(FACTS[target][4 + h]).format(n=name)
+        question = _phrase(rng, target, h, 4, generic, n=name)
         out.append(Episode(history, question, chosen[target], "synthetic", {"attribute": target, "facts": chosen}))
     return out
 
 
 def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[int, int] = (0, 4),
-                 novel: float = 0.0) -> list[Episode]:
+                 novel: float = 0.0, vocab: float = 0.0, words: Sequence[str] = (),
+                 generic: float = 0.0) -> list[Episode]:
     """A fact, filler, then the same fact with a new value; the answer is the latest value."""
-    _check_split(split, novel)
+    _check_split(split, novel, vocab, words, generic)
     rng = random.Random(seed + 1_000_003)
     h = 0 if split == "train" else 1
     out = []
     for _ in range(n):
         name = rng.choice(NAMES[split])
         k = rng.choice(sorted(FACTS))
-        old, new = _values(rng, k, h, novel, 2)
+        old, new = _values(rng, k, h, novel, 2, vocab, words)
         date = _date(rng)
-        history = [{"role": "user", "name": name, "timestamp": date, "content": rng.choice(FACTS[k][2 + h]).format(v=old)},
+        history = [{"role": "user", "name": name, "timestamp": date, "content": _phrase(rng, k, h, 2, generic, v=old)},
                    {"role": "assistant", "content": rng.choice(FACT_REPLIES)}]
         for _ in range(rng.randint(*filler_turns)):
             history += _filler(rng, name, date)
         history += [{"role": "user", "name": name, "timestamp": date,
-                     "content": "Update: " + rng.choice(FACTS[k][2 + h]).format(v=new)},
+                     "content": "Update: " + _phrase(rng, k, h, 2, generic, v=new)},
                     {"role": "assistant", "content": rng.choice(FACT_REPLIES)}]
-        question = rng.choice(FACTS[k][4 + h]).format(n=name)
+        question = _phrase(rng, k, h, 4, generic, n=name)
         out.append(Episode(history, question, new, "update", {"attribute": k, "old": old}))
     return out
 
 
-def _check_split(split: str, novel: float) -> None:
+def _check_split(split: str, novel: float, vocab: float = 0.0, words: Sequence[str] = (), generic: float = 0.0) -> None:
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    if not 0.0 <= novel <= 1.0 or (novel and split != "train"):
-        raise ValueError(f"novel must be in [0, 1] and only used with split='train', got {novel!r} for {split!r}")
+    for name, share in (("novel", novel), ("vocab", vocab), ("generic", generic)):
+        if not 0.0 <= share <= 1.0 or (share and split != "train"):
+            raise ValueError(f"{name} must be in [0, 1] and only used with split='train', got {share!r} for {split!r}")
+    if vocab and len(words) < 3:
+        raise ValueError(f"vocab={vocab} needs a list of at least 3 words, got {len(words)}")
 
 
 def key_value(n: int, seed: int, pairs: tuple[int, int] = (1, 4), noise_turns: tuple[int, int] = (0, 4)) -> list[Episode]:

@@ -29,7 +29,7 @@ from ..runtime.render import Renderer
 from ..runtime.session import DEFAULT_SYSTEM_PROMPT
 from ..runtime.writer import run_write
 from .config import TrainConfig
-from .data import EpisodeStream, plain_text_chunks, stable_seed, validation_set
+from .data import EpisodeStream, plain_text_chunks, stable_seed, validation_set, vocabulary_words
 from .episode import EncodedEpisode, answer_ce, collate_reads, encode_episode
 
 
@@ -60,7 +60,8 @@ class Trainer:
         self.renderer = Renderer(tokenizer, cfg.system_prompt or DEFAULT_SYSTEM_PROMPT)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.end_id = tokenizer.eos_token_id
-        self.stream = EpisodeStream(cfg)
+        self.words = vocabulary_words(tokenizer) if cfg.vocab_values > 0 else ()
+        self.stream = EpisodeStream(cfg, self.words)
         self.plain: list[list[int]] = []
         if cfg.preserve > 0:
             from ..data.locomo import locomo_plain_texts
@@ -240,7 +241,7 @@ class Trainer:
             print(f"[deltamem] resumed at step {self.step}")
         os.makedirs(cfg.out_dir, exist_ok=True)
         log_path = os.path.join(cfg.out_dir, "log.jsonl")
-        val = validation_set(cfg, cfg.eval_episodes)
+        val = validation_set(cfg, cfg.eval_episodes, words=self.words)
         start = time.time()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress)
         last = {}

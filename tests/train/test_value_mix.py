@@ -1,0 +1,87 @@
+"""Real-word values from the backbone's vocabulary and attribute-generic phrasings: training split only,
+grounded in the history, and never a held-out value, name or template."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from deltamem.train import Trainer, TrainConfig
+from deltamem.train.data import EpisodeStream, validation_set, vocabulary_words
+from deltamem.train.sources import FACTS, GENERIC_QUESTIONS, GENERIC_STATEMENTS, NAMES, fact_updates, synthetic_chats
+from train_helpers import TINY_TRAIN
+
+WORDS = ("harbor", "meadow", "quartz", "lantern", "pebble")
+POOLS = {v for attr in FACTS.values() for pool in attr[:2] for v in pool}
+HELDOUT_TEMPLATES = {t for attr in FACTS.values() for t in attr[3] + attr[5]}
+
+
+def test_vocab_values_come_from_the_word_list_and_are_answered():
+    for ep in synthetic_chats(40, 1, vocab=1.0, words=WORDS, filler_turns=(0, 2)):
+        assert ep.answer.lower() in WORDS
+        assert any(ep.answer in m["content"] for m in ep.history if m["role"] == "user")
+    for ep in fact_updates(40, 1, vocab=1.0, words=WORDS):
+        assert ep.answer.lower() in WORDS and ep.meta["old"].lower() in WORDS and ep.answer != ep.meta["old"]
+        assert ep.answer in ep.history[-2]["content"]
+
+
+def test_capitalised_attributes_get_capitalised_words():
+    for ep in synthetic_chats(60, 2, vocab=1.0, words=WORDS):
+        cap = ep.meta["attribute"] in {"pet", "city", "month", "sibling", "car"}
+        assert ep.answer == (ep.answer.capitalize() if cap else ep.answer.lower())
+
+
+def test_mixture_shares_and_the_unchanged_default_stream():
+    assert synthetic_chats(30, 4) == synthetic_chats(30, 4, vocab=0.0, words=WORDS, generic=0.0)
+    eps = synthetic_chats(300, 4, vocab=0.5, novel=0.5, words=WORDS)
+    vocab = sum(ep.answer.lower() in WORDS for ep in eps)
+    pool = sum(ep.answer in POOLS for ep in eps)
+    assert 110 < vocab < 190 and 40 < pool < 110 and vocab + pool < 300  # the rest are made up
+
+
+def test_generic_phrasings_are_used_and_never_a_heldout_template():
+    eps = synthetic_chats(200, 5, generic=0.5)
+    generic_q = [re.escape(q).replace(re.escape("{n}"), ".+").replace(re.escape("{noun}"), ".+") for q in GENERIC_QUESTIONS]
+    hits = sum(any(re.fullmatch(p, ep.question) for p in generic_q) for ep in eps)
+    assert 60 < hits < 140
+    assert not HELDOUT_TEMPLATES & set(GENERIC_STATEMENTS + GENERIC_QUESTIONS)
+    for ep in eps:  # the stated value is still in the history, whichever phrasing stated it
+        assert any(ep.answer in m["content"] for m in ep.history)
+
+
+def test_mixture_is_refused_on_the_heldout_split_and_without_words():
+    for kw in ({"vocab": 0.5, "words": WORDS}, {"generic": 0.5}):
+        with pytest.raises(ValueError, match="only used with split='train'"):
+            synthetic_chats(1, 0, "heldout", **kw)
+    with pytest.raises(ValueError, match="list of at least 3 words"):
+        fact_updates(1, 0, vocab=0.5)
+    cfg = TrainConfig(sources={"synthetic": 1.0}, vocab_values=0.5)
+    with pytest.raises(ValueError, match="vocab_values"):
+        EpisodeStream(cfg)
+    held = validation_set(cfg, 6, split="heldout", words=WORDS)  # the held-out split ignores the mixture
+    assert all(ep.answer in POOLS for ep in held)
+
+
+@pytest.mark.parametrize("key", ["vocab_values", "generic_templates"])
+def test_recipe_rejects_shares_outside_0_1(key):
+    with pytest.raises(ValueError, match=key):
+        TrainConfig(**{key: 1.5})
+
+
+def test_vocabulary_words_exclude_heldout_values_and_names(tokenizer):
+    words = vocabulary_words(tokenizer)
+    assert len(words) > 5000 and list(words) == sorted(set(words))
+    assert all(w.isalpha() and w.islower() and 4 <= len(w) <= 10 for w in words)
+    banned = {v.lower() for attr in FACTS.values() for v in attr[1]} | {n.lower() for n in NAMES["heldout"]}
+    assert not banned & set(words)
+    assert {"harbor", "window", "garden"} <= set(words)
+
+
+def test_trainer_builds_the_word_list_when_the_recipe_asks(tiny_dir):
+    cfg = TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "vocab_values": 1.0, "sources": {"synthetic": 1.0}})
+    tr = Trainer(cfg, progress=False)
+    assert len(tr.words) > 5000
+    batch = tr.stream.batch(0, 4)
+    assert all(ep.answer.lower() in tr.words for ep in batch)
+    assert tr.train_step(batch)["ce"] > 0
