@@ -31,12 +31,16 @@ def contains(prediction: str, answer: str) -> bool:
 @torch.no_grad()
 def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int = 16) -> dict:
     """Memory-only greedy answers with the own memory, a mismatched memory and a zero state, and the
-    frozen backbone (zero state) with the whole history in its prompt."""
+    frozen backbone (zero state) with the whole history in its prompt.
+
+    `accuracy[name]`: the gold value appears in the reply; `first_token[name]`: the reply's first token
+    is the gold answer's first token (the finer, greedy-relevant signal: is the value the argmax?)."""
     pairs = [(ep, e) for ep in episodes for e in tr.encode([ep])]  # episodes whose encoding survived, in order
     eps, enc = [p[0] for p in pairs], [p[1] for p in pairs]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     stop = stop_ids(tr.model, tr.tok)
     hits = {"own": 0, "mismatched": 0, "zero": 0, "full_history": 0}
+    first = dict.fromkeys(hits, 0)
     samples = []
     n = 0
     for i in tqdm(range(0, len(enc), batch), desc="greedy eval", leave=False):
@@ -48,7 +52,7 @@ def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int =
         zero = MemoryState.zeros(tr.model, len(part), tr.device)
         prompts = [e.read_ids[: e.answer_start] for e in part]
         full = [e.window_read_ids[: e.window_answer_start] for e in part]
-        outs = {}
+        outs, gold = {}, [e.read_ids[e.answer_start] for e in part]
         for name, st, ps in (("own", state, prompts), ("mismatched", mis, prompts), ("zero", zero, prompts),
                              ("full_history", zero, full)):
             rows = [[] for _ in part]
@@ -57,6 +61,7 @@ def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int =
                     if t is not None:
                         rows[r].append(t)
             outs[name] = [tr.tok.decode(r, skip_special_tokens=True).strip() for r in rows]
+            first[name] += sum(r[:1] == [g] for r, g in zip(rows, gold))
         for r, ep in enumerate(part_eps):
             for name in hits:
                 hits[name] += contains(outs[name][r], ep.answer)
@@ -66,7 +71,7 @@ def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int =
     acc = {k: v / max(n, 1) for k, v in hits.items()}
     acc["episodes"] = n
     acc["own/full_history"] = acc["own"] / max(acc["full_history"], 1e-9)
-    return {"accuracy": acc, "samples": samples}
+    return {"accuracy": acc, "first_token": {k: v / max(n, 1) for k, v in first.items()}, "samples": samples}
 
 
 @torch.no_grad()

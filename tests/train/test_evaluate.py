@@ -34,6 +34,8 @@ def test_greedy_accuracy_plumbing(trainer):
     assert acc["episodes"] == 4
     for k in ("own", "mismatched", "zero", "full_history"):
         assert 0.0 <= acc[k] <= 1.0, k
+    assert set(out["first_token"]) == {"own", "mismatched", "zero", "full_history"}
+    assert all(0.0 <= v <= 1.0 for v in out["first_token"].values())
     assert len(out["samples"]) == 4
     assert [s["question"] for s in out["samples"]] == [e.question for e in eps]
     for s in out["samples"]:
