@@ -44,6 +44,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     gate_reg: float = 0.01
     gate_target: float = 0.05
+    gate_lr_scale: float = 1.0  # learning-rate multiplier for the write gates' parameters (W_b rows, c_b)
     contrastive: float = 0.0  # weight of relu(margin - (CE_mismatched - CE_own))
     contrastive_margin: float = 1.0
     # keep general ability: KL(frozen backbone || backbone + memory) on plain text read with an episode's memory
@@ -81,6 +82,8 @@ class TrainConfig:
         if self.preserve > 0 and not (self.locomo_path and self.preserve_conversations):
             raise ValueError("recipe key 'preserve_conversations' must name LoCoMo conversations (and 'locomo_path' "
                              "the file) when 'preserve' > 0")
+        if self.gate_lr_scale <= 0:
+            raise ValueError(f"recipe key 'gate_lr_scale' must be > 0, got {self.gate_lr_scale}")
         for name in ("novel_values", "vocab_values", "generic_templates"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"recipe key {name!r} must be in [0, 1], got {getattr(self, name)}")

@@ -57,6 +57,9 @@ class Trainer:
         self.model, self.tok = model, tokenizer
         self.dm = model.delta_mem
         self.params = [p for p in self.dm.parameters()]
+        rows = self.dm.config.state_rows  # the write gates: rows [3 H r, 4 H r) of each packed W, and c_b
+        self.gate_slices = [(layer.W, slice(3 * rows, 4 * rows)) for layer in self.dm.layers.values()] + \
+                           [(layer.c_b, slice(None)) for layer in self.dm.layers.values()]
         self.renderer = Renderer(tokenizer, cfg.system_prompt or DEFAULT_SYSTEM_PROMPT)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.end_id = tokenizer.eos_token_id
@@ -159,12 +162,22 @@ class Trainer:
             dist.all_reduce(stats)
             logs["ce"], logs["ce_mis"], logs["kl"], logs["tokens"] = stats.tolist()
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        self.opt.step()
+        self.optimizer_step()
         self.sched.step()
         self.step += 1
         return {"step": self.step, "ce": logs["ce"] / total, "ce_mismatched": logs["ce_mis"] / total if cfg.contrastive else None,
                 "kl": logs["kl"] / total if cfg.preserve else None, "gate": logs["gate"], "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
                 "tokens": int(logs["tokens"])}
+
+    def optimizer_step(self) -> None:
+        """One AdamW step; with `gate_lr_scale` s != 1 the gate parameters move s times as far, which for
+        AdamW (an update proportional to lr) is exactly a learning rate s times larger for them."""
+        s = self.cfg.gate_lr_scale
+        before = [p[sl].detach().clone() for p, sl in self.gate_slices] if s != 1 else []
+        self.opt.step()
+        with torch.no_grad():
+            for (p, sl), b in zip(self.gate_slices, before):
+                p[sl] = b + s * (p[sl] - b)
 
     def preserve_kl(self, state: MemoryState, seeds: list[int]) -> torch.Tensor:
         """Per-row KL(frozen backbone || backbone + `state`) on plain-text chunks chosen by `seeds` -> `[B]`

@@ -171,3 +171,31 @@ def test_same_seed_gives_identical_adapters(make_cfg):
     other = make_cfg("c", steps=2, batch_size=2, seed=1)
     Trainer(other, progress=False).fit()
     assert _files(os.path.join(other.out_dir, "adapter")) != runs[0]
+
+
+def test_gate_lr_scale_moves_only_the_gates_further(tiny_dir, tmp_path):
+    from deltamem.train import Trainer, TrainConfig
+
+    from train_helpers import TINY_TRAIN
+
+    moved = {}
+    for scale in (1.0, 4.0):
+        cfg = TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "out_dir": str(tmp_path / str(scale)),
+                             "gate_lr_scale": scale, "contrastive": 0.0})
+        tr = Trainer(cfg, progress=False)
+        before = {k: v.detach().clone() for k, v in tr.model.delta_mem.named_parameters()}
+        tr.train_step(tr.stream.batch(0, cfg.batch_size))
+        moved[scale] = {k: v.detach() - before[k] for k, v in tr.model.delta_mem.named_parameters()}
+    rows = TINY_TRAIN["adapter"]["rank"]  # H r with H = 1
+    for k, d1 in moved[1.0].items():
+        d4 = moved[4.0][k]
+        if k.endswith(".W"):
+            torch.testing.assert_close(d4[3 * rows:], 4 * d1[3 * rows:], rtol=1e-4, atol=1e-8)
+            torch.testing.assert_close(d4[:3 * rows], d1[:3 * rows], rtol=1e-4, atol=1e-8)
+            assert d1[3 * rows:].abs().sum() > 0
+        elif k.endswith("c_b"):
+            torch.testing.assert_close(d4, 4 * d1, rtol=1e-4, atol=1e-8)
+        else:
+            torch.testing.assert_close(d4, d1, rtol=1e-4, atol=1e-8)
+    with pytest.raises(ValueError, match="gate_lr_scale"):
+        TrainConfig(gate_lr_scale=0.0)
