@@ -75,6 +75,55 @@ def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int =
 
 
 @torch.no_grad()
+def gate_profile(tr: Trainer, episodes) -> dict:
+    """Mean write gate on the tokens of the answer's value where the history states it, against every
+    other written token: a memory keeps a fact only if its gates pick the fact out (a value written no
+    harder than filler is soon overwritten)."""
+    layers = list(tr.dm.layers.values())
+    captured: list[torch.Tensor] = []
+
+    def spy(layer):
+        orig = layer.project_packed
+
+        def project_packed(h):
+            out = orig(h)
+            captured.append(out[2].mean((-1, -2))[0])  # beta [1, T, H, r] -> [T]
+            return out
+        return project_packed
+
+    sums = {"value": [0.0, 0], "other": [0.0, 0]}
+    for ep in episodes:
+        enc = tr.encode([ep])
+        ids = tr.tok(" " + ep.answer, add_special_tokens=False)["input_ids"]
+        if not enc or not ids:
+            continue
+        row = enc[0].write.input_ids[0].tolist()
+        value = torch.zeros(len(row), dtype=torch.bool)
+        for i in range(len(row) - len(ids) + 1):
+            if row[i:i + len(ids)] == ids:
+                value[i:i + len(ids)] = True
+        if not value.any():
+            continue
+        captured.clear()
+        for layer in layers:
+            layer.project_packed = spy(layer)
+        try:
+            tr.write(enc)
+        finally:
+            for layer in layers:
+                del layer.project_packed  # back to the class method
+        gate = torch.stack(captured).mean(0).cpu()  # [T], mean over layers
+        written = enc[0].write.write_mask[0].cpu()
+        for name, sel in (("value", value & written), ("other", ~value & written)):
+            sums[name][0] += float(gate[sel].sum())
+            sums[name][1] += int(sel.sum())
+    out = {k: v / max(c, 1) for k, (v, c) in sums.items()}
+    out["value/other"] = out["value"] / max(out["other"], 1e-9)
+    out["episodes"] = len(episodes)
+    return out
+
+
+@torch.no_grad()
 def perplexity_ratio(tr: Trainer, texts: list[str], memory_text: list[str], max_tokens: int = 512) -> dict:
     """Perplexity of plain `texts` under the frozen backbone vs with the adapter and a memory written
     from unrelated `memory_text` (read-only while scoring)."""
@@ -109,7 +158,7 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
     report = {}
     for split in ("heldout", "train"):
         eps = validation_set(cfg, n, split=split) if split == "heldout" else _unseen_seed(cfg, n, tr.words)
-        report[split] = {"ce": tr.validate(eps), **greedy_accuracy(tr, eps)}
+        report[split] = {"ce": tr.validate(eps), "gates": gate_profile(tr, eps), **greedy_accuracy(tr, eps)}
     if plain_texts and memory_text:
         report["perplexity"] = perplexity_ratio(tr, plain_texts, memory_text)
     return report

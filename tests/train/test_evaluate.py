@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from deltamem.train import Trainer
 from deltamem.train.data import validation_set
-from deltamem.train.evaluate import contains, greedy_accuracy, normalise, perplexity_ratio
+from deltamem.train.evaluate import contains, gate_profile, greedy_accuracy, normalise, perplexity_ratio
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +59,30 @@ def test_perplexity_ratio_plumbing(trainer):
     for k in ("backbone", "delta_mem", "ratio"):
         assert math.isfinite(out[k]) and out[k] > 0, k
     assert out["ratio"] == pytest.approx(out["delta_mem"] / out["backbone"])
+
+
+def test_gate_profile_separates_value_tokens(trainer):
+    eps = validation_set(trainer.cfg, 4, split="heldout")
+    out = gate_profile(trainer, eps)
+    assert 0 < out["value"] < 1 and 0 < out["other"] < 1
+    assert out["value/other"] == pytest.approx(out["value"] / out["other"])
+    layer = next(iter(trainer.dm.layers.values()))
+    assert "project_packed" not in vars(layer)  # the spy is removed
+    rows = trainer.dm.config.state_rows
+    with torch.no_grad():  # gates driven up on one value's tokens only: the profile must see it
+        emb = trainer.model.get_input_embeddings().weight
+        ids = trainer.tok(" " + eps[0].answer, add_special_tokens=False)["input_ids"]
+        saved = {k: (l.W.detach().clone(), l.c_b.detach().clone()) for k, l in trainer.dm.layers.items()}
+        for l in trainer.dm.layers.values():
+            l.W[3 * rows:] = 0
+            l.c_b.fill_(-4.0)
+        first = trainer.dm.layers[str(trainer.dm.layer_ids[0])]
+        first.W[3 * rows:] = 50 * emb[ids].mean(0) / emb[ids].mean(0).norm()
+    try:
+        hot = gate_profile(trainer, eps[:1])
+    finally:
+        with torch.no_grad():
+            for k, l in trainer.dm.layers.items():
+                l.W.copy_(saved[k][0])
+                l.c_b.copy_(saved[k][1])
+    assert hot["value/other"] > 1.5
