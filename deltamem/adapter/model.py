@@ -175,15 +175,20 @@ def read_adapter_config(directory: str | os.PathLike) -> tuple[DeltaMemConfig, d
         raise ValueError(f"{path}: malformed adapter config ({e})") from None
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike, check_backbone: bool = True) -> nn.Module:
+def load_adapter(model: nn.Module, directory: str | os.PathLike, check_backbone: bool = True,
+                 config: DeltaMemConfig | None = None) -> nn.Module:
     """Load a saved adapter onto `model` (attaching it if needed) and return the model.
+
+    `config` attaches the weights under another config than the saved one (e.g. to continue training
+    a token-write adapter as a message-write one); the weights must still fit its shapes.
 
     Fails loudly on a different backbone (model type, sizes, weight fingerprint
     unless `check_backbone=False`), a different config than the one already
     attached, and missing, unexpected or misshapen weights.
     """
     directory = os.fspath(directory)
-    config, backbone = read_adapter_config(directory)
+    saved, backbone = read_adapter_config(directory)
+    config = saved if config is None else config
     mc = model.config
     for key, have in (("model_type", mc.model_type), ("hidden_size", mc.hidden_size),
                       ("num_hidden_layers", mc.num_hidden_layers)):

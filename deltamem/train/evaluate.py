@@ -173,7 +173,10 @@ def _unseen_seed(cfg, n, words=()):
 def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str | None) -> dict:
     from .config import TrainConfig
 
-    cfg = TrainConfig.from_yaml(recipe, {"init_adapter": adapter})
+    from dataclasses import replace
+
+    # the recipe gives the episode sets; the adapter is evaluated under its own saved config
+    cfg = replace(TrainConfig.from_yaml(recipe, {"init_adapter": adapter}), adapter={})
     tr = Trainer(cfg, progress=False)
     plain = mem = None
     if locomo:

@@ -50,8 +50,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if model is None:
             model, tokenizer = load_backbone(cfg.backbone, progress=progress and self.rank == 0)
-        if cfg.init_adapter:
-            load_adapter(model, cfg.init_adapter)
+        if cfg.init_adapter:  # the recipe's adapter fields, when given, may change e.g. the write granularity
+            load_adapter(model, cfg.init_adapter, config=cfg.adapter_config() if cfg.adapter else None)
         elif not hasattr(model, "delta_mem"):
             attach_delta_mem(model, cfg.adapter_config())
         self.model, self.tok = model, tokenizer

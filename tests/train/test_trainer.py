@@ -199,3 +199,28 @@ def test_gate_lr_scale_moves_only_the_gates_further(tiny_dir, tmp_path):
             torch.testing.assert_close(d4, d1, rtol=1e-4, atol=1e-8)
     with pytest.raises(ValueError, match="gate_lr_scale"):
         TrainConfig(gate_lr_scale=0.0)
+
+
+def test_init_adapter_under_the_recipes_config(tiny_dir, tmp_path):
+    """A recipe may continue a saved token-write adapter as a message-write one (same shapes, same weights);
+    a recipe whose shapes do not fit the saved weights is refused."""
+    from deltamem.adapter import save_adapter
+    from deltamem.train import Trainer, TrainConfig
+
+    from train_helpers import TINY_TRAIN
+
+    base = Trainer(TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "out_dir": str(tmp_path / "a")}), progress=False)
+    with torch.no_grad():
+        for p in base.model.delta_mem.parameters():
+            p.normal_()
+    save_adapter(base.model, tmp_path / "saved")
+    ssw = {**TINY_TRAIN["adapter"], "write_granularity": "message"}
+    tr = Trainer(TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "out_dir": str(tmp_path / "b"), "adapter": ssw,
+                                "init_adapter": str(tmp_path / "saved")}), progress=False)
+    assert tr.dm.config.write_granularity == "message"
+    for (k, a), b in zip(base.model.delta_mem.named_parameters(), tr.dm.parameters()):
+        assert torch.equal(a, b), k
+    assert tr.train_step(tr.stream.batch(0, 2))["ce"] > 0
+    with pytest.raises(ValueError, match="shape"):
+        Trainer(TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "out_dir": str(tmp_path / "c"),
+                               "adapter": {**ssw, "rank": 2}, "init_adapter": str(tmp_path / "saved")}), progress=False)
