@@ -17,6 +17,8 @@ from ..adapter import MemoryState, use_memory
 from ..runtime.generate import GenerationConfig, generate_tokens, stop_ids
 from ..data.locomo import locomo_plain_texts
 from .data import validation_set
+from .episode import answer_ce
+from .sources import FACTS
 from .trainer import Trainer
 
 
@@ -72,6 +74,40 @@ def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int =
     acc["episodes"] = n
     acc["own/full_history"] = acc["own"] / max(acc["full_history"], 1e-9)
     return {"accuracy": acc, "first_token": {k: v / max(n, 1) for k, v in first.items()}, "samples": samples}
+
+
+POOL_VALUES = {v for attr in FACTS.values() for pool in attr[:2] for v in pool}
+
+
+def answer_kind(ep, words=()) -> str:
+    """What must travel: a value from the small pools (a prior or a class code can carry it), a real word
+    from the vocabulary list, a made-up word (only a copy can carry those), or the episode's kind otherwise."""
+    if ep.kind not in ("synthetic", "update"):
+        return ep.kind
+    if ep.answer in POOL_VALUES:
+        return "pool value"
+    return "vocabulary word" if ep.answer.lower() in words else "made-up word"
+
+
+@torch.no_grad()
+def ce_by_answer(tr: Trainer, episodes, batch: int = 8) -> dict:
+    """Own and mismatched answer CE grouped by `answer_kind`: an own/mismatched gap carried by pool values
+    alone means the memory passes a class code, not the specific word."""
+    pairs = [(ep, e) for ep in episodes for e in tr.encode([ep])]
+    groups: dict[str, list] = {}
+    for i in range(0, len(pairs), batch):
+        part = pairs[i:i + batch]
+        if len(part) < 2:
+            continue
+        enc = [e for _, e in part]
+        state, _ = tr.write(enc)
+        reads = tr.reads(enc)
+        own, mis = answer_ce(tr.model, reads, state), answer_ce(tr.model, reads, state.rolled())
+        for (ep, _), o, m in zip(part, own.tolist(), mis.tolist()):
+            g = groups.setdefault(answer_kind(ep, tr.words), [0.0, 0.0, 0])
+            g[0], g[1], g[2] = g[0] + o, g[1] + m, g[2] + 1
+    return {k: {"own": o / n, "mismatched": m / n, "own/mismatched": o / max(m, 1e-9), "episodes": n}
+            for k, (o, m, n) in sorted(groups.items())}
 
 
 @torch.no_grad()
@@ -158,7 +194,8 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
     report = {}
     for split in ("heldout", "train"):
         eps = validation_set(cfg, n, split=split) if split == "heldout" else _unseen_seed(cfg, n, tr.words)
-        report[split] = {"ce": tr.validate(eps), "gates": gate_profile(tr, eps), **greedy_accuracy(tr, eps)}
+        report[split] = {"ce": tr.validate(eps), "ce_by_answer": ce_by_answer(tr, eps), "gates": gate_profile(tr, eps),
+                         **greedy_accuracy(tr, eps)}
     if plain_texts and memory_text:
         report["perplexity"] = perplexity_ratio(tr, plain_texts, memory_text)
     return report

@@ -9,7 +9,7 @@ import torch
 
 from deltamem.train import Trainer
 from deltamem.train.data import validation_set
-from deltamem.train.evaluate import contains, gate_profile, greedy_accuracy, normalise, perplexity_ratio
+from deltamem.train.evaluate import answer_kind, ce_by_answer, contains, gate_profile, greedy_accuracy, normalise, perplexity_ratio
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,15 @@ def test_gate_profile_separates_value_tokens(trainer):
                 l.W.copy_(saved[k][0])
                 l.c_b.copy_(saved[k][1])
     assert hot["value/other"] > 1.5
+
+
+def test_ce_by_answer_groups_every_episode(trainer):
+    from deltamem.train.sources import key_value, synthetic_chats
+
+    eps = synthetic_chats(4, 1, novel=1.0, filler_turns=(0, 1)) + synthetic_chats(3, 2, filler_turns=(0, 1)) + key_value(3, 3)
+    out = ce_by_answer(trainer, eps, batch=5)
+    assert {k: v["episodes"] for k, v in out.items()} == {"made-up word": 4, "pool value": 3, "key_value": 3}
+    for v in out.values():
+        assert v["own"] > 0 and v["mismatched"] > 0
+    assert answer_kind(synthetic_chats(1, 0, vocab=1.0, words=("harbor", "meadow", "quartz"))[0],
+                       ("harbor", "meadow", "quartz")) == "vocabulary word"
