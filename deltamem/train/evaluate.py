@@ -110,6 +110,18 @@ def ce_by_answer(tr: Trainer, episodes, batch: int = 8) -> dict:
             for k, (o, m, n) in sorted(groups.items())}
 
 
+def made_up_probe(tr: Trainer, fillers=(0, 1, 3, 6), n: int = 24, seed: int = 4242) -> dict:
+    """Own / mismatched answer CE on chats stating ONE made-up value among `k` filler turn pairs, for
+    each `k`: only a copied word can lower the own memory's CE here (no pool, no second fact)."""
+    from .sources import synthetic_chats
+
+    out = {}
+    for k in fillers:
+        r = tr.validate(synthetic_chats(n, seed + k, "train", (1, 1), (k, k), novel=1.0))
+        out[str(k)] = {"own": r["own"], "mismatched": r["mismatched"], "own/mismatched": r["own/mismatched"]}
+    return out
+
+
 @torch.no_grad()
 def gate_profile(tr: Trainer, episodes) -> dict:
     """Mean write gate on the tokens of the answer's value where the history states it, against every
@@ -196,6 +208,7 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
         eps = validation_set(cfg, n, split=split) if split == "heldout" else _unseen_seed(cfg, n, tr.words)
         report[split] = {"ce": tr.validate(eps), "ce_by_answer": ce_by_answer(tr, eps), "gates": gate_profile(tr, eps),
                          **greedy_accuracy(tr, eps)}
+    report["made_up_probe"] = made_up_probe(tr)
     if plain_texts and memory_text:
         report["perplexity"] = perplexity_ratio(tr, plain_texts, memory_text)
     return report

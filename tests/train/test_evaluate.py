@@ -9,7 +9,7 @@ import torch
 
 from deltamem.train import Trainer
 from deltamem.train.data import validation_set
-from deltamem.train.evaluate import answer_kind, ce_by_answer, contains, gate_profile, greedy_accuracy, normalise, perplexity_ratio
+from deltamem.train.evaluate import answer_kind, ce_by_answer, contains, gate_profile, made_up_probe, greedy_accuracy, normalise, perplexity_ratio
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,10 @@ def test_ce_by_answer_groups_every_episode(trainer):
         assert v["own"] > 0 and v["mismatched"] > 0
     assert answer_kind(synthetic_chats(1, 0, vocab=1.0, words=("harbor", "meadow", "quartz"))[0],
                        ("harbor", "meadow", "quartz")) == "vocabulary word"
+
+
+def test_made_up_probe_reports_each_filler_count(trainer):
+    out = made_up_probe(trainer, fillers=(0, 2), n=4)
+    assert set(out) == {"0", "2"}
+    for v in out.values():
+        assert v["own"] > 0 and v["own/mismatched"] == pytest.approx(v["own"] / v["mismatched"])
