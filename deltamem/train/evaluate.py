@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
@@ -17,9 +18,8 @@ from ..adapter import MemoryState, use_memory
 from ..runtime.generate import GenerationConfig, generate_tokens, stop_ids
 from ..data.locomo import locomo_plain_texts
 from .data import validation_set
-from .episode import answer_ce
-from .sources import FACTS
-from .trainer import Trainer
+from .sources import FACTS, synthetic_chats
+from .trainer import Trainer, mean_ces
 
 
 def normalise(text: str) -> str:
@@ -89,32 +89,20 @@ def answer_kind(ep, words=()) -> str:
     return "vocabulary word" if ep.answer.lower() in words else "made-up word"
 
 
-@torch.no_grad()
-def ce_by_answer(tr: Trainer, episodes, batch: int = 8) -> dict:
+def ce_by_answer(tr: Trainer, episodes, batch: int = 8, rows: list | None = None) -> dict:
     """Own and mismatched answer CE grouped by `answer_kind`: an own/mismatched gap carried by pool values
-    alone means the memory passes a class code, not the specific word."""
-    pairs = [(ep, e) for ep in episodes for e in tr.encode([ep])]
+    alone means the memory passes a class code, not the specific word. `rows`: `tr.validate_rows(episodes)`
+    when already computed."""
     groups: dict[str, list] = {}
-    for i in range(0, len(pairs), batch):
-        part = pairs[i:i + batch]
-        if len(part) < 2:
-            continue
-        enc = [e for _, e in part]
-        state, _ = tr.write(enc)
-        reads = tr.reads(enc)
-        own, mis = answer_ce(tr.model, reads, state), answer_ce(tr.model, reads, state.rolled())
-        for (ep, _), o, m in zip(part, own.tolist(), mis.tolist()):
-            g = groups.setdefault(answer_kind(ep, tr.words), [0.0, 0.0, 0])
-            g[0], g[1], g[2] = g[0] + o, g[1] + m, g[2] + 1
-    return {k: {"own": o / n, "mismatched": m / n, "own/mismatched": o / max(m, 1e-9), "episodes": n}
-            for k, (o, m, n) in sorted(groups.items())}
+    for ep, ces in tr.validate_rows(episodes, batch) if rows is None else rows:
+        groups.setdefault(answer_kind(ep, tr.words), []).append(ces)
+    return {k: {key: v for key, v in mean_ces(g).items() if key in ("own", "mismatched", "own/mismatched", "episodes")}
+            for k, g in sorted(groups.items())}
 
 
 def made_up_probe(tr: Trainer, fillers=(0, 1, 3, 6), n: int = 24, seed: int = 4242) -> dict:
     """Own / mismatched answer CE on chats stating ONE made-up value among `k` filler turn pairs, for
     each `k`: only a copied word can lower the own memory's CE here (no pool, no second fact)."""
-    from .sources import synthetic_chats
-
     out = {}
     for k in fillers:
         r = tr.validate(synthetic_chats(n, seed + k, "train", (1, 1), (k, k), novel=1.0))
@@ -206,8 +194,9 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
     report = {}
     for split in ("heldout", "train"):
         eps = validation_set(cfg, n, split=split) if split == "heldout" else _unseen_seed(cfg, n, tr.words)
-        report[split] = {"ce": tr.validate(eps), "ce_by_answer": ce_by_answer(tr, eps), "gates": gate_profile(tr, eps),
-                         **greedy_accuracy(tr, eps)}
+        rows = tr.validate_rows(eps)
+        report[split] = {"ce": mean_ces([c for _, c in rows]), "ce_by_answer": ce_by_answer(tr, eps, rows=rows),
+                         "gates": gate_profile(tr, eps), **greedy_accuracy(tr, eps)}
     report["made_up_probe"] = made_up_probe(tr)
     if plain_texts and memory_text:
         report["perplexity"] = perplexity_ratio(tr, plain_texts, memory_text)
@@ -215,15 +204,11 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
 
 
 def _unseen_seed(cfg, n, words=()):
-    from dataclasses import replace
-
     return validation_set(replace(cfg, seed=cfg.seed + 7919), n, split="train", words=words)
 
 
 def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str | None) -> dict:
     from .config import TrainConfig
-
-    from dataclasses import replace
 
     # the recipe gives the episode sets; the adapter is evaluated under its own saved config
     cfg = replace(TrainConfig.from_yaml(recipe, {"init_adapter": adapter}), adapter={})

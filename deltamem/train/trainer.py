@@ -191,28 +191,29 @@ class Trainer:
 
     # ---- validation -----------------------------------------------------------------------------
     @torch.no_grad()
-    def validate(self, episodes, batch: int = 8) -> dict:
-        """Mean answer CE with the own memory, another episode's memory, a zero state, and the
-        history in the prompt (no memory)."""
-        enc = self.encode(episodes)
-        sums = {"own": 0.0, "mismatched": 0.0, "zero": 0.0, "window": 0.0}
-        n = 0
-        for i in range(0, len(enc), batch):
-            part = enc[i:i + batch]
+    def validate_rows(self, episodes, batch: int = 8) -> list[tuple]:
+        """`(episode, CEs)` per validated episode: mean answer CE with the own memory, another episode's
+        memory, a zero state, and the history in the prompt (no memory). Episodes whose encoding is
+        dropped, and a last batch of one (no other episode to mismatch), are left out."""
+        pairs = [(ep, e) for ep in episodes for e in self.encode([ep])]
+        rows = []
+        for i in range(0, len(pairs), batch):
+            part = pairs[i:i + batch]
             if len(part) < 2:
                 continue
-            state, _ = self.write(part)
-            mis = state.rolled()
-            reads = self.reads(part)
-            sums["own"] += float(answer_ce(self.model, reads, state).sum())
-            sums["mismatched"] += float(answer_ce(self.model, reads, mis).sum())
-            sums["zero"] += float(answer_ce(self.model, reads, MemoryState.zeros(self.model, len(part), self.device)).sum())
-            sums["window"] += float(answer_ce(self.model, self.reads(part, window=True)).sum())
-            n += len(part)
-        out = {k: v / max(n, 1) for k, v in sums.items()}
-        out["own/mismatched"] = out["own"] / max(out["mismatched"], 1e-9)
-        out["episodes"] = n
-        return out
+            enc = [e for _, e in part]
+            state, _ = self.write(enc)
+            reads = self.reads(enc)
+            ces = {"own": answer_ce(self.model, reads, state),
+                   "mismatched": answer_ce(self.model, reads, state.rolled()),
+                   "zero": answer_ce(self.model, reads, MemoryState.zeros(self.model, len(enc), self.device)),
+                   "window": answer_ce(self.model, self.reads(enc, window=True))}
+            rows += [(ep, {k: float(v[j]) for k, v in ces.items()}) for j, (ep, _) in enumerate(part)]
+        return rows
+
+    def validate(self, episodes, batch: int = 8) -> dict:
+        """`mean_ces` of `validate_rows`."""
+        return mean_ces([c for _, c in self.validate_rows(episodes, batch)])
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -282,6 +283,15 @@ class Trainer:
         if self.rank == 0:
             save_adapter(self.model, os.path.join(cfg.out_dir, "adapter"))
         return last
+
+
+def mean_ces(rows: list[dict]) -> dict:
+    """Mean of each CE over `rows` (dicts from `Trainer.validate_rows`), with own/mismatched and the count."""
+    n = len(rows)
+    out = {k: sum(r[k] for r in rows) / max(n, 1) for k in ("own", "mismatched", "zero", "window")}
+    out["own/mismatched"] = out["own"] / max(out["mismatched"], 1e-9)
+    out["episodes"] = n
+    return out
 
 
 def init_distributed() -> None:
