@@ -52,6 +52,7 @@ class MemoryBinding:
     call_write_mask: torch.Tensor | None = None
     reads: dict = field(default_factory=dict)  # layer id -> m [B, T, H r] of the current call
     gate_sums: list = field(default_factory=list)  # (sum of written gates, count) per layer and call
+    gate_tokens: list = field(default_factory=list)  # (gates [B, T, H, r], written [B, T]) per layer and call
 
     def gate_mean(self) -> torch.Tensor:
         """Mean gate over every write of the block (differentiable), for the gate regulariser."""
@@ -74,7 +75,8 @@ def use_memory(model, state, write: bool = True, span_ids: torch.Tensor | None =
             "message"/"sentence" granularity (-1: token outside any span).
         write_mask: `[B, T]` bool for the first call; False marks valid tokens
             that read but do not write (e.g. a system prompt, or context already written).
-        collect_gates: keep the written gates so `binding.gate_mean()` can be used in a loss.
+        collect_gates: keep the written gates so `binding.gate_mean()` (and, per token,
+            `binding.gate_tokens`) can be used in a loss.
     """
     from .model import get_delta_mem
 
@@ -155,6 +157,7 @@ def install_hooks(decoder, dm, attns: dict) -> list:
             if b.collect_gates:
                 w = torch.ones(gates.shape[:2], device=gates.device) if written is None else written.float()
                 b.gate_sums.append(((gates * w[:, :, None, None]).sum(), w.sum() * gates.shape[2] * gates.shape[3]))
+                b.gate_tokens.append((gates, w))
 
         handles.append(attn.register_forward_pre_hook(on_attention, with_kwargs=True))
         for name in dm.config.heads:

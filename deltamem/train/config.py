@@ -45,6 +45,7 @@ class TrainConfig:
     gate_reg: float = 0.01
     gate_target: float = 0.05
     gate_lr_scale: float = 1.0  # learning-rate multiplier for the write gates' parameters (W_b rows, c_b)
+    gate_supervision: float = 0.0  # weight of a balanced BCE: write gates high on the answer's value tokens, low elsewhere
     contrastive: float = 0.0  # weight of relu(margin - (CE_mismatched - CE_own))
     contrastive_margin: float = 1.0
     # keep general ability: KL(frozen backbone || backbone + memory) on plain text read with an episode's memory
@@ -82,6 +83,10 @@ class TrainConfig:
         if self.preserve > 0 and not (self.locomo_path and self.preserve_conversations):
             raise ValueError("recipe key 'preserve_conversations' must name LoCoMo conversations (and 'locomo_path' "
                              "the file) when 'preserve' > 0")
+        if self.gate_supervision < 0:
+            raise ValueError(f"recipe key 'gate_supervision' must be >= 0, got {self.gate_supervision}")
+        if self.gate_supervision > 0 and self.adapter.get("write_granularity", "token") != "token":
+            raise ValueError("recipe key 'gate_supervision' needs token writes (adapter.write_granularity: token)")
         if self.gate_lr_scale <= 0:
             raise ValueError(f"recipe key 'gate_lr_scale' must be > 0, got {self.gate_lr_scale}")
         for name in ("novel_values", "vocab_values", "generic_templates"):

@@ -22,6 +22,7 @@ class EncodedEpisode:
     answer_start: int  # index of the first answer token in read_ids
     window_read_ids: list[int]  # the same with the whole history in the prompt (for the "window" control)
     window_answer_start: int
+    value: torch.Tensor | None = None  # [T_w] bool: the write tokens holding the answer's value (gate supervision)
 
 
 def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_tokens: int, max_read_tokens: int,
@@ -46,7 +47,20 @@ def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_
     full_prompt = renderer.prompt(history, ep.question)
     if len(prompt) + len(ans) > max_read_tokens:
         return None
-    return EncodedEpisode(passes[0], prompt + ans, len(prompt), full_prompt + ans, len(full_prompt))
+    value = value_mask(passes[0].input_ids[0].tolist(), renderer.encode(" " + ep.answer))
+    return EncodedEpisode(passes[0], prompt + ans, len(prompt), full_prompt + ans, len(full_prompt), value)
+
+
+def value_mask(write_ids: list[int], value_ids: list[int]) -> torch.Tensor:
+    """`[T]` bool: the write-pass tokens where `value_ids` (an answer's tokens) occur, every occurrence."""
+    mask = torch.zeros(len(write_ids), dtype=torch.bool)
+    n = len(value_ids)
+    if n == 0:
+        return mask
+    for i in range(len(write_ids) - n + 1):
+        if write_ids[i:i + n] == value_ids:
+            mask[i:i + n] = True
+    return mask
 
 
 def collate_reads(seqs: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from ..adapter import MemoryState, use_memory
 from ..runtime.generate import GenerationConfig, generate_tokens, stop_ids
 from ..data.locomo import locomo_plain_texts
 from .data import validation_set
+from .episode import value_mask
 from .sources import FACTS, synthetic_chats
 from .trainer import Trainer, mean_ces
 
@@ -133,11 +134,7 @@ def gate_profile(tr: Trainer, episodes) -> dict:
         ids = tr.tok(" " + ep.answer, add_special_tokens=False)["input_ids"]
         if not enc or not ids:
             continue
-        row = enc[0].write.input_ids[0].tolist()
-        value = torch.zeros(len(row), dtype=torch.bool)
-        for i in range(len(row) - len(ids) + 1):
-            if row[i:i + len(ids)] == ids:
-                value[i:i + len(ids)] = True
+        value = value_mask(enc[0].write.input_ids[0].tolist(), ids)
         if not value.any():
             continue
         captured.clear()

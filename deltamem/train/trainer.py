@@ -118,7 +118,7 @@ class Trainer:
         micro = share // cfg.grad_accum
         total = len(episodes)
         self.opt.zero_grad(set_to_none=True)
-        logs = {"ce": 0.0, "ce_mis": 0.0, "kl": 0.0, "gate": 0.0, "tokens": 0}
+        logs = {"ce": 0.0, "ce_mis": 0.0, "kl": 0.0, "gate_sup": 0.0, "gate": 0.0, "tokens": 0}
         for a in range(cfg.grad_accum):
             enc = self.encode(mine[a * micro:(a + 1) * micro])
             if not enc:
@@ -138,6 +138,10 @@ class Trainer:
                                                   for i in range(len(enc))])
                     loss = loss + cfg.preserve * kl.sum() / total
                     logs["kl"] += float(kl.detach().sum())
+                if cfg.gate_supervision > 0:
+                    gs = gate_supervision_loss(enc, binding)
+                    loss = loss + cfg.gate_supervision * gs.sum() / total
+                    logs["gate_sup"] += float(gs.detach().sum())
                 gsum = sum(s for s, _ in binding.gate_sums)
                 gcount = sum(float(c) for _, c in binding.gate_sums)
                 g_all = torch.tensor([float(gsum.detach()), gcount], dtype=torch.float64)
@@ -158,15 +162,16 @@ class Trainer:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
-            stats = torch.tensor([logs["ce"], logs["ce_mis"], logs["kl"], logs["tokens"]], dtype=torch.float64)
+            stats = torch.tensor([logs["ce"], logs["ce_mis"], logs["kl"], logs["gate_sup"], logs["tokens"]], dtype=torch.float64)
             dist.all_reduce(stats)
-            logs["ce"], logs["ce_mis"], logs["kl"], logs["tokens"] = stats.tolist()
+            logs["ce"], logs["ce_mis"], logs["kl"], logs["gate_sup"], logs["tokens"] = stats.tolist()
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer_step()
         self.sched.step()
         self.step += 1
         return {"step": self.step, "ce": logs["ce"] / total, "ce_mismatched": logs["ce_mis"] / total if cfg.contrastive else None,
-                "kl": logs["kl"] / total if cfg.preserve else None, "gate": logs["gate"], "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
+                "kl": logs["kl"] / total if cfg.preserve else None,
+                "gate_sup": logs["gate_sup"] / total if cfg.gate_supervision else None, "gate": logs["gate"], "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
                 "tokens": int(logs["tokens"])}
 
     def optimizer_step(self) -> None:
@@ -283,6 +288,26 @@ class Trainer:
         if self.rank == 0:
             save_adapter(self.model, os.path.join(cfg.out_dir, "adapter"))
         return last
+
+
+def gate_supervision_loss(encoded: list[EncodedEpisode], binding) -> torch.Tensor:
+    """Per row `[b]`: balanced binary cross-entropy of the write gates (every layer, state head and row)
+    against "this token holds the answer's value": mean -log b over the value's tokens plus mean
+    -log(1 - b) over the other written tokens. Rows whose value is not found in the history get 0."""
+    T = binding.gate_tokens[0][0].shape[1]
+    target = torch.zeros(len(encoded), T, dtype=torch.bool)
+    for i, e in enumerate(encoded):
+        if e.value is not None:
+            target[i, : e.value.shape[0]] = e.value
+    out = 0.0
+    for gates, written in binding.gate_tokens:  # [b, T, H, r], [b, T]
+        pos = (target.to(gates.device) & (written > 0)).float()
+        neg = (written > 0).float() - pos
+        g = gates.float()
+        lp = -(torch.log(g).mean((-1, -2)) * pos).sum(1) / pos.sum(1).clamp_min(1)
+        ln = -(torch.log1p(-g).mean((-1, -2)) * neg).sum(1) / neg.sum(1).clamp_min(1)
+        out = out + (lp + ln) * (pos.sum(1) > 0)
+    return out / len(binding.gate_tokens)
 
 
 def mean_ces(rows: list[dict]) -> dict:
