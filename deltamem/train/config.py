@@ -45,7 +45,7 @@ class TrainConfig:
     gate_reg: float = 0.01
     gate_target: float = 0.05
     gate_lr_scale: float = 1.0  # learning-rate multiplier for the write gates' parameters (W_b rows, c_b)
-    gate_supervision: float = 0.0  # weight of a balanced BCE: write gates high on the answer's value tokens, low elsewhere
+    gate_supervision: float = 0.0  # balanced BCE weight: write gates high on stated values' tokens, low elsewhere
     contrastive: float = 0.0  # weight of relu(margin - (CE_mismatched - CE_own))
     contrastive_margin: float = 1.0
     # keep general ability: KL(frozen backbone || backbone + memory) on plain text read with an episode's memory

@@ -22,7 +22,7 @@ class EncodedEpisode:
     answer_start: int  # index of the first answer token in read_ids
     window_read_ids: list[int]  # the same with the whole history in the prompt (for the "window" control)
     window_answer_start: int
-    value: torch.Tensor | None = None  # [T_w] bool: the write tokens holding the answer's value (gate supervision)
+    value: torch.Tensor | None = None  # [T_w] bool: the write tokens holding a stated value (gate supervision)
 
 
 def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_tokens: int, max_read_tokens: int,
@@ -47,7 +47,10 @@ def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_
     full_prompt = renderer.prompt(history, ep.question)
     if len(prompt) + len(ans) > max_read_tokens:
         return None
-    value = value_mask(passes[0].input_ids[0].tolist(), renderer.encode(" " + ep.answer))
+    ids = passes[0].input_ids[0].tolist()
+    value = torch.zeros(len(ids), dtype=torch.bool)
+    for v in ep.values:
+        value |= value_mask(ids, renderer.encode(" " + v))
     return EncodedEpisode(passes[0], prompt + ans, len(prompt), full_prompt + ans, len(full_prompt), value)
 
 

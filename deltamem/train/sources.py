@@ -142,6 +142,12 @@ class Episode:
     kind: str = "synthetic"
     meta: dict = field(default_factory=dict)
 
+    @property
+    def values(self) -> list[str]:
+        """Every value the history states (all facts, old and new), not only the one asked for:
+        which of them a question will ask is unknown when the history is written."""
+        return self.meta.get("values", [self.answer])
+
 
 def _filler(rng: random.Random, name: str, date: str) -> list[dict]:
     text = rng.choice(FILLER)
@@ -219,7 +225,8 @@ def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: 
             history += pair
         target = rng.choice(kinds)
         question = _phrase(rng, target, h, 4, generic, n=name)
-        out.append(Episode(history, question, chosen[target], "synthetic", {"attribute": target, "facts": chosen}))
+        out.append(Episode(history, question, chosen[target], "synthetic",
+                           {"attribute": target, "facts": chosen, "values": list(chosen.values())}))
     return out
 
 
@@ -244,7 +251,7 @@ def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[in
                      "content": "Update: " + _phrase(rng, k, h, 2, generic, v=new)},
                     {"role": "assistant", "content": rng.choice(FACT_REPLIES)}]
         question = _phrase(rng, k, h, 4, generic, n=name)
-        out.append(Episode(history, question, new, "update", {"attribute": k, "old": old}))
+        out.append(Episode(history, question, new, "update", {"attribute": k, "old": old, "values": [old, new]}))
     return out
 
 
@@ -277,7 +284,7 @@ def key_value(n: int, seed: int, pairs: tuple[int, int] = (1, 4), noise_turns: t
             m.pop("name", None)
             m.pop("timestamp", None)
         k = rng.choice(keys)
-        out.append(Episode(history, f"What is the special code for {k}?", vals[k], "key_value", {"key": k}))
+        out.append(Episode(history, f"What is the special code for {k}?", vals[k], "key_value", {"key": k, "values": list(vals.values())}))
     return out
 
 

@@ -292,8 +292,9 @@ class Trainer:
 
 def gate_supervision_loss(encoded: list[EncodedEpisode], binding) -> torch.Tensor:
     """Per row `[b]`: balanced binary cross-entropy of the write gates (every layer, state head and row)
-    against "this token holds the answer's value": mean -log b over the value's tokens plus mean
-    -log(1 - b) over the other written tokens. Rows whose value is not found in the history get 0."""
+    against "this token holds a value the history states" (every fact, not only the one asked for):
+    mean -log b over the values' tokens plus mean -log(1 - b) over the other written tokens. Rows
+    with no value found in the history get 0."""
     T = binding.gate_tokens[0][0].shape[1]
     target = torch.zeros(len(encoded), T, dtype=torch.bool)
     for i, e in enumerate(encoded):

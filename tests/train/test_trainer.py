@@ -258,3 +258,22 @@ def test_value_mask_marks_every_occurrence():
     assert value_mask([5, 1, 2, 7, 1, 2], [1, 2]).tolist() == [False, True, True, False, True, True]
     assert not value_mask([1, 2, 3], [4]).any()
     assert not value_mask([1, 2, 3], []).any()
+
+
+def test_gate_targets_cover_every_stated_value(tiny_dir, tmp_path):
+    """Gate targets mark every fact a history states (and an update's old value), not only the answer:
+    which fact a question asks about is unknown at write time."""
+    from deltamem.train import Trainer, TrainConfig
+    from deltamem.train.episode import value_mask
+    from deltamem.train.sources import fact_updates, synthetic_chats
+
+    from train_helpers import TINY_TRAIN
+
+    tr = Trainer(TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "out_dir": str(tmp_path / "v")}), progress=False)
+    for ep in synthetic_chats(3, 0, facts_per_episode=(3, 3), filler_turns=(0, 1)) + fact_updates(3, 1, filler_turns=(0, 1)):
+        assert len(ep.values) >= 2 and ep.answer in ep.values
+        enc = tr.encode([ep])[0]
+        ids = enc.write.input_ids[0].tolist()
+        answer_only = value_mask(ids, tr.tok(" " + ep.answer, add_special_tokens=False)["input_ids"])
+        assert answer_only.any() and bool((enc.value & answer_only).eq(answer_only).all())
+        assert enc.value.sum() > answer_only.sum()
