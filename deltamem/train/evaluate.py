@@ -18,7 +18,7 @@ from ..adapter import MemoryState, use_memory
 from ..runtime.generate import GenerationConfig, generate_tokens, stop_ids
 from ..data.locomo import locomo_plain_texts
 from .data import validation_set
-from .episode import value_mask
+from .episode import answer_ce, collate_reads, value_mask
 from .sources import FACTS, synthetic_chats
 from .trainer import Trainer, mean_ces
 
@@ -99,6 +99,42 @@ def ce_by_answer(tr: Trainer, episodes, batch: int = 8, rows: list | None = None
         groups.setdefault(answer_kind(ep, tr.words), []).append(ces)
     return {k: {key: v for key, v in mean_ces(g).items() if key in ("own", "mismatched", "own/mismatched", "episodes")}
             for k, g in sorted(groups.items())}
+
+
+@torch.no_grad()
+def candidate_choice(tr: Trainer, episodes, split: str, batch: int = 8) -> dict:
+    """Which of its attribute's candidate values does a memory make most likely (lowest answer CE)?
+
+    Candidates are the attribute's values in `split` (held-out: the 5-6 unseen ones; train: the pool).
+    Unlike greedy decoding this asks only whether the specific fact moved the answer towards itself;
+    accuracy with the own memory, another episode's (`mismatched`), a zero state, and chance."""
+    col = 1 if split == "heldout" else 0
+    eligible = [ep for ep in episodes if ep.kind in ("synthetic", "update")
+                and ep.answer in FACTS[ep.meta["attribute"]][col]]
+    pairs = [(ep, e) for ep in eligible for e in tr.encode([ep])]
+    hits = {"own": 0, "mismatched": 0, "zero": 0}
+    chance, n = 0.0, 0
+    for i in range(0, len(pairs) - 1, batch):
+        part = pairs[i:i + batch]
+        if len(part) < 2:
+            break
+        state, _ = tr.write([e for _, e in part])
+        states = {"own": state, "mismatched": state.rolled(),
+                  "zero": MemoryState.zeros(tr.model, len(part), tr.device)}
+        for j, (ep, e) in enumerate(part):
+            cands = FACTS[ep.meta["attribute"]][col]
+            prompt = e.read_ids[:e.answer_start]
+            reads = collate_reads([(prompt + tr.renderer.encode(c) + [tr.end_id], len(prompt)) for c in cands],
+                                  tr.pad_id)
+            gold = cands.index(ep.answer)
+            for name, st in states.items():
+                ce = answer_ce(tr.model, reads, st.rows([j] * len(cands)))
+                hits[name] += int(ce.argmin()) == gold
+            chance += 1 / len(cands)
+            n += 1
+    out = {k: v / max(n, 1) for k, v in hits.items()}
+    out.update(chance=chance / max(n, 1), episodes=n)
+    return out
 
 
 def made_up_probe(tr: Trainer, fillers=(0, 1, 3, 6), n: int = 24, seed: int = 4242) -> dict:
@@ -193,7 +229,8 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
         eps = validation_set(cfg, n, split=split) if split == "heldout" else _unseen_seed(cfg, n, tr.words)
         rows = tr.validate_rows(eps)
         report[split] = {"ce": mean_ces([c for _, c in rows]), "ce_by_answer": ce_by_answer(tr, eps, rows=rows),
-                         "gates": gate_profile(tr, eps), **greedy_accuracy(tr, eps)}
+                         "candidates": candidate_choice(tr, eps, split), "gates": gate_profile(tr, eps),
+                         **greedy_accuracy(tr, eps)}
     report["made_up_probe"] = made_up_probe(tr)
     if plain_texts and memory_text:
         report["perplexity"] = perplexity_ratio(tr, plain_texts, memory_text)

@@ -105,3 +105,29 @@ def test_made_up_probe_reports_each_filler_count(trainer):
     assert set(out) == {"0", "2"}
     for v in out.values():
         assert v["own"] > 0 and v["own/mismatched"] == pytest.approx(v["own"] / v["mismatched"])
+
+
+def test_candidate_choice_zero_state_is_the_backbones_choice(trainer):
+    """With a zero state the wrapped model is the frozen backbone, so the zero-state pick must equal the
+    backbone's own lowest-CE candidate; accuracies are fractions and chance is 1 / candidates."""
+    from deltamem.train.episode import answer_ce, collate_reads
+    from deltamem.train.evaluate import candidate_choice
+    from deltamem.train.sources import FACTS, synthetic_chats
+
+    eps = synthetic_chats(6, 11, "heldout", (1, 1), (0, 1))
+    out = candidate_choice(trainer, eps, "heldout", batch=3)
+    assert out["episodes"] == 6
+    assert all(0.0 <= out[k] <= 1.0 for k in ("own", "mismatched", "zero"))
+    want_chance = sum(1 / len(FACTS[e.meta["attribute"]][1]) for e in eps) / 6
+    assert out["chance"] == pytest.approx(want_chance)
+    hits = 0
+    for ep in eps:
+        e = trainer.encode([ep])[0]
+        cands = FACTS[ep.meta["attribute"]][1]
+        prompt = e.read_ids[:e.answer_start]
+        reads = collate_reads([(prompt + trainer.renderer.encode(c) + [trainer.end_id], len(prompt)) for c in cands],
+                              trainer.pad_id)
+        with torch.no_grad():
+            hits += int(answer_ce(trainer.model, reads).argmin()) == cands.index(ep.answer)
+    assert out["zero"] == pytest.approx(hits / 6)
+    assert candidate_choice(trainer, eps, "train")["episodes"] == 0  # held-out values are no pool's
