@@ -180,7 +180,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_backbone:
     """Load a saved adapter onto `model` (attaching it if needed) and return the model.
 
     `config` attaches the weights under another config than the saved one (e.g. to continue training
-    a token-write adapter as a message-write one); the weights must still fit its shapes.
+    a token-write adapter as a message-write one); the weights must still fit its shapes, except that
+    a config with more state heads (same rank) takes the saved heads as its first ones and starts the
+    others with zero corrections (e.g. to grow TSW into MSW).
 
     Fails loudly on a different backbone (model type, sizes, weight fingerprint
     unless `check_backbone=False`), a different config than the one already
@@ -206,20 +208,22 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_backbone:
     if not isinstance(existing, DeltaMem):
         attach_delta_mem(model, config)
         try:
-            return _load_weights(model, directory)
+            return _load_weights(model, directory, saved)
         except Exception:
             detach_delta_mem(model)  # leave the model as it was
             raise
-    return _load_weights(model, directory)
+    return _load_weights(model, directory, saved)
 
 
-def _load_weights(model: nn.Module, directory: str) -> nn.Module:
+def _load_weights(model: nn.Module, directory: str, saved: DeltaMemConfig | None = None) -> nn.Module:
     dm = get_delta_mem(model)
     path = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found")
     weights = {k.removeprefix("layers."): v for k, v in load_file(path).items()}
     own = _flat_state(dm)
+    if saved is not None and saved.num_state_heads < dm.config.num_state_heads and saved.rank == dm.config.rank:
+        weights = _grow_state_heads(weights, own, saved.state_rows, dm.config.state_rows)
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     if missing or unexpected:
         raise ValueError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
@@ -230,6 +234,29 @@ def _load_weights(model: nn.Module, directory: str) -> nn.Module:
         for k, t in own.items():
             t.copy_(weights[k])
     return model
+
+
+def _grow_state_heads(weights: dict, own: dict, rows: int, new_rows: int) -> dict:
+    """Saved weights of H state heads as the first H heads of an adapter with more: the new heads keep
+    their fresh W_q, W_k, W_v (Kaiming) and W_b (zero), and get zero corrections (U columns), so the
+    grown adapter computes exactly what the saved one did until training moves the new heads' U."""
+    out = {}
+    for k, t in own.items():
+        w, new = weights.get(k), t.detach().clone()
+        if w is None:
+            continue
+        if k.endswith(".W") and tuple(w.shape) == (4 * rows, t.shape[1]):
+            for p in range(4):  # packed [W_q; W_k; W_v; W_b], each (head, rank)-major
+                new[p * new_rows: p * new_rows + rows] = w[p * rows:(p + 1) * rows]
+        elif k.endswith(".c_b") and tuple(w.shape) == (rows,):
+            new[:rows] = w
+        elif ".U." in k and tuple(w.shape) == (t.shape[0], rows):
+            new.zero_()
+            new[:, :rows] = w
+        else:
+            new = w  # a shape that does not fit is reported by the caller
+        out[k] = new
+    return out
 
 
 def _flat_state(dm: DeltaMem) -> dict[str, torch.Tensor]:

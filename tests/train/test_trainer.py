@@ -277,3 +277,34 @@ def test_gate_targets_cover_every_stated_value(tiny_dir, tmp_path):
         answer_only = value_mask(ids, tr.tok(" " + ep.answer, add_special_tokens=False)["input_ids"])
         assert answer_only.any() and bool((enc.value & answer_only).eq(answer_only).all())
         assert enc.value.sum() > answer_only.sum()
+
+
+def test_init_adapter_grows_state_heads(tiny_dir, tmp_path):
+    """A recipe with more state heads (TSW -> MSW) starts from saved weights as its first heads: the new
+    heads' corrections are zero, so every answer CE is unchanged until training moves them."""
+    from deltamem.adapter import save_adapter
+    from deltamem.train import Trainer, TrainConfig
+
+    from train_helpers import TINY_TRAIN
+
+    base = Trainer(TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "out_dir": str(tmp_path / "a")}), progress=False)
+    with torch.no_grad():
+        for p in base.model.delta_mem.parameters():
+            p.normal_(std=0.2)
+    save_adapter(base.model, tmp_path / "saved")
+    msw = {**TINY_TRAIN["adapter"], "num_state_heads": 3}
+    tr = Trainer(TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "out_dir": str(tmp_path / "b"), "adapter": msw,
+                                "init_adapter": str(tmp_path / "saved"), "lr": 1e-2}), progress=False)
+    rows = TINY_TRAIN["adapter"]["rank"]
+    for (k, a), b in zip(base.model.delta_mem.named_parameters(), tr.dm.parameters()):
+        if k.endswith(".W"):
+            assert b.shape[0] == 3 * a.shape[0]
+            for p in range(4):
+                assert torch.equal(b[p * 3 * rows: p * 3 * rows + rows], a[p * rows:(p + 1) * rows]), k
+        elif ".U." in k:
+            assert torch.equal(b[:, :rows], a) and not b[:, rows:].any(), k
+    eps = base.stream.batch(3, 4)
+    for (_, x), (_, y) in zip(base.validate_rows(eps, batch=4), tr.validate_rows(eps, batch=4)):
+        assert x["own"] == pytest.approx(y["own"], rel=1e-4) and x["mismatched"] == pytest.approx(y["mismatched"], rel=1e-4)
+    tr.train_step(tr.stream.batch(0, 2))
+    assert any(p[:, rows:].abs().sum() > 0 for k, p in tr.dm.named_parameters() if ".U." in k)
