@@ -119,7 +119,8 @@ def train(config: str, overrides: list[str] | None = None, resume: bool = False)
 def train_eval(adapter: str, recipe: str = "configs/train/smollm2-135m-tsw.yaml", episodes: int = 48, locomo: str | None = None,
                out: str | None = None) -> None:
     """Held-out figures of a trained adapter: answer CE with the own / a mismatched / a zero memory and
-    with the history in the prompt, greedy memory-only accuracy against the same controls, and the
+    with the history in the prompt, greedy memory-only accuracy against the same controls, which of an
+    attribute's candidate values each memory makes likeliest, the write gates on value tokens, and the
     perplexity ratio on plain text (LoCoMo conversations conv-43/44, memory from conv-41) when `--locomo` is given."""
     from .train.evaluate import main_report
 
