@@ -226,7 +226,7 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
     cfg = tr.cfg
     report = {}
     for split in ("heldout", "train"):
-        eps = validation_set(cfg, n, split=split) if split == "heldout" else _unseen_seed(cfg, n, tr.words)
+        eps = validation_set(cfg, n, split=split, words=tr.words) if split == "heldout" else _unseen_seed(cfg, n, tr.words)
         rows = tr.validate_rows(eps)
         report[split] = {"ce": mean_ces([c for _, c in rows]), "ce_by_answer": ce_by_answer(tr, eps, rows=rows),
                          "candidates": candidate_choice(tr, eps, split), "gates": gate_profile(tr, eps),

@@ -131,3 +131,18 @@ def test_candidate_choice_zero_state_is_the_backbones_choice(trainer):
             hits += int(answer_ce(trainer.model, reads).argmin()) == cands.index(ep.answer)
     assert out["zero"] == pytest.approx(hits / 6)
     assert candidate_choice(trainer, eps, "train")["episodes"] == 0  # held-out values are no pool's
+
+
+def test_heldout_report_under_a_recipe_with_vocabulary_values(tiny_dir, tmp_path):
+    """A recipe that draws real-word values (stage 3/5 style) must still give the whole held-out report."""
+    from deltamem.train import TrainConfig
+    from deltamem.train.evaluate import heldout_report
+
+    from train_helpers import TINY_TRAIN
+
+    cfg = TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "out_dir": str(tmp_path / "v"), "vocab_values": 0.5})
+    tr = Trainer(cfg, progress=False)
+    rep = heldout_report(tr, n=4)
+    for split in ("heldout", "train"):
+        assert {"ce", "ce_by_answer", "candidates", "gates", "accuracy", "first_token"} <= set(rep[split])
+    assert set(rep["made_up_probe"]) == {"0", "1", "3", "6"}
