@@ -51,15 +51,19 @@ class MemoryBinding:
     call_span_ids: torch.Tensor | None = None  # span_ids / write_mask as they apply to the current call
     call_write_mask: torch.Tensor | None = None
     reads: dict = field(default_factory=dict)  # layer id -> m [B, T, H r] of the current call
-    gate_sums: list = field(default_factory=list)  # (sum of written gates, count) per layer and call
     gate_tokens: list = field(default_factory=list)  # (gates [B, T, H, r], written [B, T]) per layer and call
+
+    def gate_total(self) -> tuple[torch.Tensor, float]:
+        """(sum of every written gate (differentiable), how many there are) over the block's writes."""
+        total = sum((g * w[:, :, None, None]).sum() for g, w in self.gate_tokens)
+        count = sum(float(w.sum()) * g.shape[2] * g.shape[3] for g, w in self.gate_tokens)
+        return total, count
 
     def gate_mean(self) -> torch.Tensor:
         """Mean gate over every write of the block (differentiable), for the gate regulariser."""
-        if not self.gate_sums:
+        if not self.gate_tokens:
             return torch.zeros(())
-        total = sum(s for s, _ in self.gate_sums)
-        count = sum(c for _, c in self.gate_sums)
+        total, count = self.gate_total()
         return total / max(count, 1)
 
 
@@ -156,7 +160,6 @@ def install_hooks(decoder, dm, attns: dict) -> list:
             b.state.tensors[slot] = S_new
             if b.collect_gates:
                 w = torch.ones(gates.shape[:2], device=gates.device) if written is None else written.float()
-                b.gate_sums.append(((gates * w[:, :, None, None]).sum(), w.sum() * gates.shape[2] * gates.shape[3]))
                 b.gate_tokens.append((gates, w))
 
         handles.append(attn.register_forward_pre_hook(on_attention, with_kwargs=True))

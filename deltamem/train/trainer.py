@@ -142,8 +142,7 @@ class Trainer:
                     gs = gate_supervision_loss(enc, binding)
                     loss = loss + cfg.gate_supervision * gs.sum() / total
                     logs["gate_sup"] += float(gs.detach().sum())
-                gsum = sum(s for s, _ in binding.gate_sums)
-                gcount = sum(float(c) for _, c in binding.gate_sums)
+                gsum, gcount = binding.gate_total()
                 g_all = torch.tensor([float(gsum.detach()), gcount], dtype=torch.float64)
                 if self.world > 1:
                     dist.all_reduce(g_all)
@@ -303,7 +302,7 @@ def gate_supervision_loss(encoded: list[EncodedEpisode], binding) -> torch.Tenso
     out = 0.0
     for gates, written in binding.gate_tokens:  # [b, T, H, r], [b, T]
         pos = (target.to(gates.device) & (written > 0)).float()
-        neg = (written > 0).float() - pos
+        neg = written - pos
         g = gates.float()
         lp = -(torch.log(g).mean((-1, -2)) * pos).sum(1) / pos.sum(1).clamp_min(1)
         ln = -(torch.log1p(-g).mean((-1, -2)) * neg).sum(1) / neg.sum(1).clamp_min(1)
