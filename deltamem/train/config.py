@@ -46,6 +46,9 @@ class TrainConfig:
     gate_target: float = 0.05
     gate_lr_scale: float = 1.0  # learning-rate multiplier for the write gates' parameters (W_b rows, c_b)
     gate_supervision: float = 0.0  # balanced BCE weight: write gates high on stated values' tokens, low elsewhere
+    # fact-specific distillation: each layer's (own - mismatched memory) output difference at the answer
+    # positions should equal the frozen backbone's (own - mismatched history in the prompt) difference
+    distill: float = 0.0
     contrastive: float = 0.0  # weight of relu(margin - (CE_mismatched - CE_own))
     contrastive_margin: float = 1.0
     # keep general ability: KL(frozen backbone || backbone + memory) on plain text read with an episode's memory
@@ -87,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"recipe key 'gate_supervision' must be >= 0, got {self.gate_supervision}")
         if self.gate_supervision > 0 and self.adapter.get("write_granularity", "token") != "token":
             raise ValueError("recipe key 'gate_supervision' needs token writes (adapter.write_granularity: token)")
+        if self.distill < 0:
+            raise ValueError(f"recipe key 'distill' must be >= 0, got {self.distill}")
         if self.gate_lr_scale <= 0:
             raise ValueError(f"recipe key 'gate_lr_scale' must be > 0, got {self.gate_lr_scale}")
         for name in ("novel_values", "vocab_values", "generic_templates"):

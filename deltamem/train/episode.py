@@ -23,6 +23,21 @@ class EncodedEpisode:
     window_read_ids: list[int]  # the same with the whole history in the prompt (for the "window" control)
     window_answer_start: int
     value: torch.Tensor | None = None  # [T_w] bool: the write tokens holding a stated value (gate supervision)
+    history_ids: list[int] | None = None  # the written history as prompt messages (another episode's teacher)
+    question_ids: list[int] | None = None  # the question and generation prompt, then the answer
+    answer_ids: list[int] | None = None
+
+
+def teacher_reads(encoded: list["EncodedEpisode"], system_ids: list[int], shift: int = 0) -> list[tuple[list[int], int]]:
+    """`(ids, answer_start)` rows of the frozen backbone reading a whole history in its prompt: row i holds
+    the history of episode i - shift (0: its own; 1: the one whose memory `MemoryState.rolled()` gives it)
+    and episode i's question and answer."""
+    n = len(encoded)
+    rows = []
+    for i, e in enumerate(encoded):
+        prompt = system_ids + encoded[(i - shift) % n].history_ids + e.question_ids
+        rows.append((prompt + e.answer_ids, len(prompt)))
+    return rows
 
 
 def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_tokens: int, max_read_tokens: int,
@@ -51,7 +66,10 @@ def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_
     value = torch.zeros(len(ids), dtype=torch.bool)
     for v in ep.values:
         value |= value_mask(ids, renderer.encode(" " + v))
-    return EncodedEpisode(passes[0], prompt + ans, len(prompt), full_prompt + ans, len(full_prompt), value)
+    sys_n = len(renderer.system_ids)
+    q = renderer.prompt([], ep.question)[sys_n:]
+    return EncodedEpisode(passes[0], prompt + ans, len(prompt), full_prompt + ans, len(full_prompt), value,
+                          full_prompt[sys_n:len(full_prompt) - len(q)], q, ans)
 
 
 def value_mask(write_ids: list[int], value_ids: list[int]) -> torch.Tensor:
@@ -80,24 +98,55 @@ def collate_reads(seqs: list[tuple[list[int], int]], pad_id: int) -> dict[str, t
     return {"input_ids": ids_t, "attention_mask": mask, "labels": labels}
 
 
-def answer_ce(model, batch: dict[str, torch.Tensor], state=None) -> torch.Tensor:
-    """Per-row mean cross-entropy over the answer tokens of a read batch -> `[B]`.
+@dataclass
+class AnswerPass:
+    """One read pass, restricted to the positions that predict an answer token (`N` over the batch)."""
+    ce: torch.Tensor  # [B] mean answer CE per row
+    rows: torch.Tensor  # [N] the batch row of each position
+    logits: torch.Tensor  # [N, V] float32
+    layers: torch.Tensor | None = None  # [L, N, d]: every decoder layer's output there (with `hidden=True`)
 
-    Runs the decoder stack with `state` bound read-only (None: no memory) and
-    applies the LM head to the answer positions only.
-    """
+
+def answer_pass(model, batch: dict[str, torch.Tensor], state=None, hidden: bool = False) -> AnswerPass:
+    """Run the decoder stack over a read batch with `state` bound read-only (None: no memory) and apply
+    the LM head to the answer positions only; `hidden=True` also keeps every layer's output there."""
     from ..adapter import use_memory
 
     dev = next(model.parameters()).device
     ids, mask, labels = (batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
     ctx = use_memory(model, state, write=False) if state is not None else contextlib.nullcontext()
     with ctx:
-        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        out = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=hidden)
     target = labels[:, 1:]
     sel = target != -100  # [B, T-1]
-    logits = model.get_output_embeddings()(hidden[:, :-1][sel]).float()  # [N, V]
+    logits = model.get_output_embeddings()(out.last_hidden_state[:, :-1][sel]).float()  # [N, V]
     ce = torch.nn.functional.cross_entropy(logits, target[sel], reduction="none")
     rows = sel.nonzero()[:, 0]
     B = ids.shape[0]
     total = torch.zeros(B, device=dev).index_add(0, rows, ce)
-    return total / sel.sum(1).clamp_min(1)
+    layers = torch.stack([h[:, :-1][sel] for h in out.hidden_states[1:]]) if hidden else None
+    return AnswerPass(total / sel.sum(1).clamp_min(1), rows, logits, layers)
+
+
+def answer_ce(model, batch: dict[str, torch.Tensor], state=None) -> torch.Tensor:
+    """Per-row mean cross-entropy over the answer tokens of a read batch -> `[B]` (see `answer_pass`)."""
+    return answer_pass(model, batch, state).ce
+
+
+def distill_loss(own: AnswerPass, mis: AnswerPass, t_own: AnswerPass, t_mis: AnswerPass) -> torch.Tensor:
+    """Per row `[B]`: fact-specific distillation from the frozen backbone reading a whole history in its
+    prompt, at the positions that predict the answer (all four passes hold the same answer tokens, so
+    their positions pair up in order).
+
+    What the own history changes in the teacher, against another episode's history, is what the own
+    memory must change in the memory-only pass, against that episode's memory: every decoder layer's
+    `(own - mismatched)` output difference is matched, relative to the teacher's mean squared norm at
+    that layer, averaged over layers. Differencing cancels what any memory or any history does (the
+    answer format, "a chat came before"), so only the fact is distilled.
+    """
+    B = own.ce.shape[0]
+    n = torch.zeros(B, device=own.ce.device).index_add(0, own.rows, torch.ones(own.rows.shape[0], device=own.ce.device))
+    t_diff = (t_own.layers - t_mis.layers).detach()
+    scale = t_own.layers.detach().pow(2).sum(-1).mean(-1, keepdim=True).clamp_min(1e-6)  # [L, 1]
+    per_pos = (((own.layers - mis.layers) - t_diff).pow(2).sum(-1) / scale).mean(0)  # [N]
+    return torch.zeros(B, device=n.device).index_add(0, own.rows, per_pos) / n.clamp_min(1)

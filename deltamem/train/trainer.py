@@ -4,7 +4,8 @@ Per episode: a fresh zero state, a write pass over the history (backprop
 through the whole recurrence), then a read pass over `[system] + question +
 answer` with the state bound read-only; loss = answer CE + gate_reg *
 (mean write-pass gate - gate_target)^2 (+ an optional contrastive term that
-rewards the own memory over another episode's, and an optional preservation
+rewards the own memory over another episode's, optional fact-specific distillation
+from the frozen backbone reading the whole history in its prompt, and an optional preservation
 term: KL(frozen backbone || backbone + that memory) on unrelated plain text,
 so a memory changes answers it holds and leaves other text alone). Data-parallel under torchrun:
 each rank takes its share of every batch and gradients are summed.
@@ -30,7 +31,8 @@ from ..runtime.session import DEFAULT_SYSTEM_PROMPT
 from ..runtime.writer import run_write
 from .config import TrainConfig
 from .data import EpisodeStream, plain_text_chunks, stable_seed, validation_set, vocabulary_words
-from .episode import EncodedEpisode, answer_ce, collate_reads, encode_episode
+from .episode import EncodedEpisode, answer_ce, answer_pass, collate_reads, distill_loss, encode_episode, \
+    teacher_reads
 
 
 class NaNLossError(RuntimeError):
@@ -118,7 +120,8 @@ class Trainer:
         micro = share // cfg.grad_accum
         total = len(episodes)
         self.opt.zero_grad(set_to_none=True)
-        logs = {"ce": 0.0, "ce_mis": 0.0, "kl": 0.0, "gate_sup": 0.0, "gate": 0.0, "tokens": 0}
+        logs = {"ce": 0.0, "ce_mis": 0.0, "kl": 0.0, "gate_sup": 0.0, "distill": 0.0, "gate": 0.0, "tokens": 0}
+        distill = cfg.distill > 0
         for a in range(cfg.grad_accum):
             enc = self.encode(mine[a * micro:(a + 1) * micro])
             if not enc:
@@ -127,10 +130,18 @@ class Trainer:
                 continue
             with self._autocast():
                 state, binding = self.write(enc, collect_gates=True)
-                ce = answer_ce(self.model, self.reads(enc), state)  # [b]
+                own = answer_pass(self.model, self.reads(enc), state, hidden=distill)
+                ce = own.ce  # [b]
                 loss = ce.sum() / total
-                if cfg.contrastive > 0 and len(enc) > 1:
-                    ce_mis = answer_ce(self.model, self.reads(enc), state.rolled())
+                pair = len(enc) > 1  # another episode's memory exists for the mismatched terms
+                mis = answer_pass(self.model, self.reads(enc), state.rolled(), hidden=distill) \
+                    if pair and (distill or cfg.contrastive > 0) else None
+                if distill and pair:
+                    d = self.distill_loss(enc, own, mis)
+                    loss = loss + cfg.distill * d.sum() / total
+                    logs["distill"] += float(d.detach().sum())
+                if cfg.contrastive > 0 and pair:
+                    ce_mis = mis.ce
                     loss = loss + cfg.contrastive * torch.relu(cfg.contrastive_margin - (ce_mis - ce)).sum() / total
                     logs["ce_mis"] += float(ce_mis.detach().sum())
                 if cfg.preserve > 0:
@@ -161,17 +172,27 @@ class Trainer:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
-            stats = torch.tensor([logs["ce"], logs["ce_mis"], logs["kl"], logs["gate_sup"], logs["tokens"]], dtype=torch.float64)
+            keys = ("ce", "ce_mis", "kl", "gate_sup", "distill", "tokens")
+            stats = torch.tensor([logs[k] for k in keys], dtype=torch.float64)
             dist.all_reduce(stats)
-            logs["ce"], logs["ce_mis"], logs["kl"], logs["gate_sup"], logs["tokens"] = stats.tolist()
+            logs.update(zip(keys, stats.tolist()))
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer_step()
         self.sched.step()
         self.step += 1
         return {"step": self.step, "ce": logs["ce"] / total, "ce_mismatched": logs["ce_mis"] / total if cfg.contrastive else None,
                 "kl": logs["kl"] / total if cfg.preserve else None,
-                "gate_sup": logs["gate_sup"] / total if cfg.gate_supervision else None, "gate": logs["gate"], "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
+                "gate_sup": logs["gate_sup"] / total if cfg.gate_supervision else None,
+                "distill": logs["distill"] / total if distill else None, "gate": logs["gate"], "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
                 "tokens": int(logs["tokens"])}
+
+    def distill_loss(self, enc: list[EncodedEpisode], own, mis) -> torch.Tensor:
+        """`distill_loss` of this micro-batch: the memory-only passes with the own and the rolled (another
+        episode's) memory against the frozen backbone reading the own and that episode's history."""
+        with torch.no_grad():
+            t_own, t_mis = (answer_pass(self.model, collate_reads(teacher_reads(enc, self.renderer.system_ids, k), self.pad_id),
+                                        hidden=True) for k in (0, 1))
+        return distill_loss(own, mis, t_own, t_mis)
 
     def optimizer_step(self) -> None:
         """One AdamW step; with `gate_lr_scale` s != 1 the gate parameters move s times as far, which for
