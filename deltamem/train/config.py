@@ -55,6 +55,7 @@ class TrainConfig:
     preserve: float = 0.0
     preserve_conversations: list = field(default_factory=list)  # LoCoMo ids whose turns are the plain text
     preserve_tokens: int = 128  # tokens per plain-text chunk; one chunk per episode
+    preserve_plain_memory: float = 0.0  # share of those rows read with a memory written from 4 other chunks
     seed: int = 0
     # bookkeeping
     eval_every: int = 50
@@ -90,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"recipe key 'gate_supervision' must be >= 0, got {self.gate_supervision}")
         if self.gate_supervision > 0 and self.adapter.get("write_granularity", "token") != "token":
             raise ValueError("recipe key 'gate_supervision' needs token writes (adapter.write_granularity: token)")
+        if not 0.0 <= self.preserve_plain_memory <= 1.0:
+            raise ValueError(f"recipe key 'preserve_plain_memory' must be in [0, 1], got {self.preserve_plain_memory}")
         if self.distill < 0:
             raise ValueError(f"recipe key 'distill' must be >= 0, got {self.distill}")
         if self.gate_lr_scale <= 0:

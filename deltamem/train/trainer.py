@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -208,11 +209,30 @@ class Trainer:
         """Per-row KL(frozen backbone || backbone + `state`) on plain-text chunks chosen by `seeds` -> `[B]`
         (nats per token). With the memory unbound the adapted model is exactly the backbone."""
         ids = torch.tensor([self.plain[s % len(self.plain)] for s in seeds], device=self.device)
+        if self.cfg.preserve_plain_memory > 0:
+            state = self.plain_memory(state, seeds)
         with torch.no_grad():
             base = self.model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
         with use_memory(self.model, state, write=False):
             mem = self.model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
         return (base.exp() * (base - mem)).sum(-1).mean(-1)
+
+    def plain_memory(self, state: MemoryState, seeds: list[int]) -> MemoryState:
+        """`state` with a `preserve_plain_memory` share of its rows replaced by a memory written (with
+        gradients, so the write gates learn it too) from 4 other plain-text chunks: the "memory of
+        unrelated text" that the perplexity figure reads with."""
+        rngs = [random.Random(stable_seed("plain-memory", s)) for s in seeds]
+        use = torch.tensor([r.random() < self.cfg.preserve_plain_memory for r in rngs], device=self.device)
+        if not bool(use.any()):
+            return state
+        ids = torch.tensor([sum((self.plain[r.randrange(len(self.plain))] for _ in range(4)), []) for r in rngs],
+                           device=self.device)
+        plain = MemoryState.zeros(self.model, len(seeds), self.device)
+        with use_memory(self.model, plain, write=True):
+            self.model.get_decoder()(input_ids=ids, use_cache=False)
+        pick = use[:, None, None, None]
+        return MemoryState([torch.where(pick, p, e) for p, e in zip(plain.tensors, state.tensors)], state.layers,
+                           state.rank, state.num_state_heads, state.fingerprint)
 
     # ---- validation -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -87,3 +87,22 @@ def test_preserve_kl_is_zero_for_a_zero_state_and_trains(make_cfg, locomo_file):
     rec = tr.train_step(tr.stream.batch(0, cfg.batch_size))
     assert rec["kl"] is not None and math.isfinite(rec["kl"]) and rec["kl"] >= 0
     assert math.isfinite(rec["ce"])
+
+
+def test_preserve_plain_memory_replaces_rows_with_a_written_plain_memory(make_cfg, locomo_file):
+    """With share 1 every row reads a memory written from plain text (so a zero episode state no longer
+    gives KL 0), the gates get a gradient from it, and share 0 leaves the episode state alone."""
+    cfg = make_cfg(preserve=0.5, preserve_conversations=["conv-x"], locomo_path=locomo_file, preserve_tokens=16,
+                   preserve_plain_memory=1.0)
+    tr = Trainer(cfg, progress=False)
+    zero = MemoryState.zeros(tr.model, 2, tr.device)
+    mixed = tr.plain_memory(zero, [0, 1])
+    assert all(bool(t.abs().sum(dim=(1, 2, 3)).gt(0).all()) for t in mixed.tensors)
+    kl = tr.preserve_kl(zero, [0, 1])
+    assert (kl > 0).all()
+    kl.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.params)
+    tr.cfg.preserve_plain_memory = 0.0
+    assert torch.allclose(tr.preserve_kl(zero, [0, 1]), torch.zeros(2), atol=1e-6)
+    with pytest.raises(ValueError, match="preserve_plain_memory"):
+        TrainConfig(**{**TINY_TRAIN, "preserve_plain_memory": 1.5})
