@@ -45,6 +45,7 @@ class TrainConfig:
     gate_reg: float = 0.01
     gate_target: float = 0.05
     gate_lr_scale: float = 1.0  # learning-rate multiplier for the write gates' parameters (W_b rows, c_b)
+    copy_lr_scale: float = 1.0  # learning-rate multiplier for the copy path: the W_v rows and U_o
     gate_supervision: float = 0.0  # balanced BCE weight: write gates high on stated values' tokens, low elsewhere
     # fact-specific distillation: each layer's (own - mismatched memory) output difference at the answer
     # positions should equal the frozen backbone's (own - mismatched history in the prompt) difference
@@ -95,8 +96,9 @@ class TrainConfig:
             raise ValueError(f"recipe key 'preserve_plain_memory' must be in [0, 1], got {self.preserve_plain_memory}")
         if self.distill < 0:
             raise ValueError(f"recipe key 'distill' must be >= 0, got {self.distill}")
-        if self.gate_lr_scale <= 0:
-            raise ValueError(f"recipe key 'gate_lr_scale' must be > 0, got {self.gate_lr_scale}")
+        for name in ("gate_lr_scale", "copy_lr_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"recipe key {name!r} must be > 0, got {getattr(self, name)}")
         for name in ("novel_values", "vocab_values", "generic_templates"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"recipe key {name!r} must be in [0, 1], got {getattr(self, name)}")

@@ -63,6 +63,9 @@ class Trainer:
         rows = self.dm.config.state_rows  # the write gates: rows [3 H r, 4 H r) of each packed W, and c_b
         self.gate_slices = [(layer.W, slice(3 * rows, 4 * rows)) for layer in self.dm.layers.values()] + \
                            [(layer.c_b, slice(None)) for layer in self.dm.layers.values()]
+        # the copy path: what a token writes (W_v rows [2 H r, 3 H r)) and how a read reaches the output (U_o)
+        self.copy_slices = [(layer.W, slice(2 * rows, 3 * rows)) for layer in self.dm.layers.values()] + \
+                           [(layer.U["o"], slice(None)) for layer in self.dm.layers.values() if "o" in layer.U]
         self.renderer = Renderer(tokenizer, cfg.system_prompt or DEFAULT_SYSTEM_PROMPT)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.end_id = tokenizer.eos_token_id
@@ -196,14 +199,16 @@ class Trainer:
         return distill_loss(own, mis, t_own, t_mis)
 
     def optimizer_step(self) -> None:
-        """One AdamW step; with `gate_lr_scale` s != 1 the gate parameters move s times as far, which for
-        AdamW (an update proportional to lr) is exactly a learning rate s times larger for them."""
-        s = self.cfg.gate_lr_scale
-        before = [p[sl].detach().clone() for p, sl in self.gate_slices] if s != 1 else []
+        """One AdamW step; with `gate_lr_scale` (`copy_lr_scale`) s != 1 the gate (copy-path) parameters move
+        s times as far, which for AdamW (an update proportional to lr) is exactly a learning rate s times
+        larger for them."""
+        scaled = [(self.cfg.gate_lr_scale, self.gate_slices), (self.cfg.copy_lr_scale, self.copy_slices)]
+        before = [[p[sl].detach().clone() for p, sl in slices] if s != 1 else [] for s, slices in scaled]
         self.opt.step()
         with torch.no_grad():
-            for (p, sl), b in zip(self.gate_slices, before):
-                p[sl] = b + s * (p[sl] - b)
+            for (s, slices), saved in zip(scaled, before):
+                for (p, sl), b in zip(slices, saved):
+                    p[sl] = b + s * (p[sl] - b)
 
     def preserve_kl(self, state: MemoryState, seeds: list[int]) -> torch.Tensor:
         """Per-row KL(frozen backbone || backbone + `state`) on plain-text chunks chosen by `seeds` -> `[B]`

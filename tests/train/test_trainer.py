@@ -201,6 +201,35 @@ def test_gate_lr_scale_moves_only_the_gates_further(tiny_dir, tmp_path):
         TrainConfig(gate_lr_scale=0.0)
 
 
+def test_copy_lr_scale_moves_only_w_v_and_u_o_further(tiny_dir, tmp_path):
+    from deltamem.train import Trainer, TrainConfig
+
+    from train_helpers import TINY_TRAIN
+
+    moved = {}
+    for scale in (1.0, 3.0):
+        cfg = TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "out_dir": str(tmp_path / str(scale)),
+                             "copy_lr_scale": scale, "contrastive": 0.0})
+        tr = Trainer(cfg, progress=False)
+        before = {k: v.detach().clone() for k, v in tr.model.delta_mem.named_parameters()}
+        tr.train_step(tr.stream.batch(0, cfg.batch_size))
+        moved[scale] = {k: v.detach() - before[k] for k, v in tr.model.delta_mem.named_parameters()}
+    r = TINY_TRAIN["adapter"]["rank"]
+    for k, d1 in moved[1.0].items():
+        d3 = moved[3.0][k]
+        if k.endswith(".W"):
+            torch.testing.assert_close(d3[2 * r:3 * r], 3 * d1[2 * r:3 * r], rtol=1e-4, atol=1e-8)
+            keep = torch.cat([d1[:2 * r], d1[3 * r:]]), torch.cat([d3[:2 * r], d3[3 * r:]])
+            torch.testing.assert_close(keep[1], keep[0], rtol=1e-4, atol=1e-8)
+        elif k.endswith("U.o"):
+            assert d1.abs().sum() > 0
+            torch.testing.assert_close(d3, 3 * d1, rtol=1e-4, atol=1e-8)
+        else:
+            torch.testing.assert_close(d3, d1, rtol=1e-4, atol=1e-8)
+    with pytest.raises(ValueError, match="copy_lr_scale"):
+        TrainConfig(copy_lr_scale=-1.0)
+
+
 def test_init_adapter_under_the_recipes_config(tiny_dir, tmp_path):
     """A recipe may continue a saved token-write adapter as a message-write one (same shapes, same weights);
     a recipe whose shapes do not fit the saved weights is refused."""
