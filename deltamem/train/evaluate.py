@@ -137,6 +137,35 @@ def candidate_choice(tr: Trainer, episodes, split: str, batch: int = 8) -> dict:
     return out
 
 
+@torch.no_grad()
+def made_up_choice(tr: Trainer, n: int = 48, seed: int = 4343, batch: int = 8) -> dict:
+    """Chats stating ONE made-up value and nothing else; in each batch of `batch` chats, which of the
+    batch's made-up answers does a memory make most likely (lowest answer CE, episode j's question)?
+    Only a copied word can pick its own chat's answer: accuracy with the own memory, the previous
+    chat's (`mismatched`), a zero state, and chance (1 / batch)."""
+    eps = synthetic_chats(n, seed, "train", (1, 1), (0, 0), novel=1.0)
+    pairs = [(ep, e) for ep in eps for e in tr.encode([ep])]
+    hits = {"own": 0, "mismatched": 0, "zero": 0}
+    chance, count = 0.0, 0
+    for i in range(0, len(pairs) - 1, batch):
+        part = pairs[i:i + batch]
+        if len(part) < 2:
+            break
+        state, _ = tr.write([e for _, e in part])
+        states = {"own": state, "mismatched": state.rolled(), "zero": MemoryState.zeros(tr.model, len(part), tr.device)}
+        cands = [ep.answer for ep, _ in part]
+        for j, (_, e) in enumerate(part):
+            prompt = e.read_ids[:e.answer_start]
+            reads = collate_reads([(prompt + tr.renderer.encode(c) + [tr.end_id], len(prompt)) for c in cands], tr.pad_id)
+            for name, st in states.items():
+                hits[name] += int(answer_ce(tr.model, reads, st.rows([j] * len(cands))).argmin()) == j
+            chance += 1 / len(cands)
+            count += 1
+    out = {k: v / max(count, 1) for k, v in hits.items()}
+    out.update(chance=chance / max(count, 1), episodes=count)
+    return out
+
+
 def made_up_probe(tr: Trainer, fillers=(0, 1, 3, 6), n: int = 24, seed: int = 4242) -> dict:
     """Own / mismatched answer CE on chats stating ONE made-up value among `k` filler turn pairs, for
     each `k`: only a copied word can lower the own memory's CE here (no pool, no second fact)."""
@@ -232,6 +261,7 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
                          "candidates": candidate_choice(tr, eps, split), "gates": gate_profile(tr, eps),
                          **greedy_accuracy(tr, eps)}
     report["made_up_probe"] = made_up_probe(tr)
+    report["made_up_choice"] = made_up_choice(tr)
     if plain_texts and memory_text:
         report["perplexity"] = perplexity_ratio(tr, plain_texts, memory_text)
     return report

@@ -133,6 +133,30 @@ def test_candidate_choice_zero_state_is_the_backbones_choice(trainer):
     assert candidate_choice(trainer, eps, "train")["episodes"] == 0  # held-out values are no pool's
 
 
+def test_made_up_choice_counts_and_controls(trainer):
+    """Batches of 4 one-fact chats: chance is 1/4, every figure a fraction; with a zero state the pick is
+    the frozen backbone's, the same for every memory-free pass, so it matches a direct computation."""
+    from deltamem.train.episode import answer_ce, collate_reads
+    from deltamem.train.evaluate import made_up_choice
+    from deltamem.train.sources import synthetic_chats
+
+    out = made_up_choice(trainer, n=8, seed=3, batch=4)
+    assert out["episodes"] == 8 and out["chance"] == pytest.approx(0.25)
+    assert all(0.0 <= out[k] <= 1.0 for k in ("own", "mismatched", "zero"))
+    eps = synthetic_chats(8, 3, "train", (1, 1), (0, 0), novel=1.0)
+    hits = 0
+    for i in range(0, 8, 4):
+        part = eps[i:i + 4]
+        for j, ep in enumerate(part):
+            e = trainer.encode([ep])[0]
+            prompt = e.read_ids[:e.answer_start]
+            reads = collate_reads([(prompt + trainer.renderer.encode(p.answer) + [trainer.end_id], len(prompt))
+                                   for p in part], trainer.pad_id)
+            with torch.no_grad():
+                hits += int(answer_ce(trainer.model, reads).argmin()) == j
+    assert out["zero"] == pytest.approx(hits / 8)
+
+
 def test_heldout_report_under_a_recipe_with_vocabulary_values(tiny_dir, tmp_path):
     """A recipe that draws real-word values (stage 3/5 style) must still give the whole held-out report."""
     from deltamem.train import TrainConfig
@@ -146,3 +170,4 @@ def test_heldout_report_under_a_recipe_with_vocabulary_values(tiny_dir, tmp_path
     for split in ("heldout", "train"):
         assert {"ce", "ce_by_answer", "candidates", "gates", "accuracy", "first_token"} <= set(rep[split])
     assert set(rep["made_up_probe"]) == {"0", "1", "3", "6"}
+    assert set(rep["made_up_choice"]) == {"own", "mismatched", "zero", "chance", "episodes"}
