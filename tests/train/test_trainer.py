@@ -151,8 +151,14 @@ def test_nan_loss_raises_and_keeps_the_checkpoint(make_cfg, monkeypatch):
     final = _files(os.path.join(cfg.out_dir, "adapter"))
     log_before = open(os.path.join(cfg.out_dir, "log.jsonl")).read()
 
-    real = trainer_mod.answer_ce
-    monkeypatch.setattr(trainer_mod, "answer_ce", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = trainer_mod.answer_pass
+
+    def nan_pass(*a, **k):
+        out = real(*a, **k)
+        out.ce = out.ce * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_mod, "answer_pass", nan_pass)
     tr = Trainer(make_cfg("nan", steps=4, checkpoint_every=1), progress=False)
     with pytest.raises(NaNLossError, match=r"step 3\b"):
         tr.fit(resume=True)
