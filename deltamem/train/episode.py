@@ -145,7 +145,7 @@ def distill_loss(own: AnswerPass, mis: AnswerPass, t_own: AnswerPass, t_mis: Ans
     answer format, "a chat came before"), so only the fact is distilled.
     """
     B = own.ce.shape[0]
-    n = torch.zeros(B, device=own.ce.device).index_add(0, own.rows, torch.ones(own.rows.shape[0], device=own.ce.device))
+    n = torch.bincount(own.rows, minlength=B).float()
     t_diff = (t_own.layers - t_mis.layers).detach()
     scale = t_own.layers.detach().pow(2).sum(-1).mean(-1, keepdim=True).clamp_min(1e-6)  # [L, 1]
     per_pos = (((own.layers - mis.layers) - t_diff).pow(2).sum(-1) / scale).mean(0)  # [N]

@@ -102,16 +102,12 @@ def ce_by_answer(tr: Trainer, episodes, batch: int = 8, rows: list | None = None
 
 
 @torch.no_grad()
-def candidate_choice(tr: Trainer, episodes, split: str, batch: int = 8) -> dict:
-    """Which of its attribute's candidate values does a memory make most likely (lowest answer CE)?
-
-    Candidates are the attribute's values in `split` (held-out: the 5-6 unseen ones; train: the pool).
-    Unlike greedy decoding this asks only whether the specific fact moved the answer towards itself;
-    accuracy with the own memory, another episode's (`mismatched`), a zero state, and chance."""
-    col = 1 if split == "heldout" else 0
-    eligible = [ep for ep in episodes if ep.kind in ("synthetic", "update")
-                and ep.answer in FACTS[ep.meta["attribute"]][col]]
-    pairs = [(ep, e) for ep in eligible for e in tr.encode([ep])]
+def choice_accuracy(tr: Trainer, episodes, candidates, batch: int = 8) -> dict:
+    """Which candidate answer does a memory make most likely (lowest answer CE under the episode's
+    question)? `candidates(part, j)` -> `(answers, gold index)` for episode j of a written batch `part`
+    of `(episode, encoded)` pairs. Accuracy with the own memory, another episode's (`mismatched`), a
+    zero state, and chance."""
+    pairs = [(ep, e) for ep in episodes for e in tr.encode([ep])]
     hits = {"own": 0, "mismatched": 0, "zero": 0}
     chance, n = 0.0, 0
     for i in range(0, len(pairs) - 1, batch):
@@ -121,15 +117,13 @@ def candidate_choice(tr: Trainer, episodes, split: str, batch: int = 8) -> dict:
         state, _ = tr.write([e for _, e in part])
         states = {"own": state, "mismatched": state.rolled(),
                   "zero": MemoryState.zeros(tr.model, len(part), tr.device)}
-        for j, (ep, e) in enumerate(part):
-            cands = FACTS[ep.meta["attribute"]][col]
+        for j, (_, e) in enumerate(part):
+            cands, gold = candidates(part, j)
             prompt = e.read_ids[:e.answer_start]
             reads = collate_reads([(prompt + tr.renderer.encode(c) + [tr.end_id], len(prompt)) for c in cands],
                                   tr.pad_id)
-            gold = cands.index(ep.answer)
             for name, st in states.items():
-                ce = answer_ce(tr.model, reads, st.rows([j] * len(cands)))
-                hits[name] += int(ce.argmin()) == gold
+                hits[name] += int(answer_ce(tr.model, reads, st.rows([j] * len(cands))).argmin()) == gold
             chance += 1 / len(cands)
             n += 1
     out = {k: v / max(n, 1) for k, v in hits.items()}
@@ -137,33 +131,29 @@ def candidate_choice(tr: Trainer, episodes, split: str, batch: int = 8) -> dict:
     return out
 
 
-@torch.no_grad()
+def candidate_choice(tr: Trainer, episodes, split: str, batch: int = 8) -> dict:
+    """Which of its attribute's candidate values does a memory make most likely (`choice_accuracy`)?
+
+    Candidates are the attribute's values in `split` (held-out: the 5-6 unseen ones; train: the pool).
+    Unlike greedy decoding this asks only whether the specific fact moved the answer towards itself."""
+    col = 1 if split == "heldout" else 0
+    eligible = [ep for ep in episodes if ep.kind in ("synthetic", "update")
+                and ep.answer in FACTS[ep.meta["attribute"]][col]]
+
+    def candidates(part, j):
+        ep = part[j][0]
+        cands = FACTS[ep.meta["attribute"]][col]
+        return cands, cands.index(ep.answer)
+
+    return choice_accuracy(tr, eligible, candidates, batch)
+
+
 def made_up_choice(tr: Trainer, n: int = 48, seed: int = 4343, batch: int = 8) -> dict:
     """Chats stating ONE made-up value and nothing else; in each batch of `batch` chats, which of the
-    batch's made-up answers does a memory make most likely (lowest answer CE, episode j's question)?
-    Only a copied word can pick its own chat's answer: accuracy with the own memory, the previous
-    chat's (`mismatched`), a zero state, and chance (1 / batch)."""
+    batch's made-up answers does a memory make most likely (`choice_accuracy`, episode j's question)?
+    Only a copied word can pick its own chat's answer; chance is 1 / batch."""
     eps = synthetic_chats(n, seed, "train", (1, 1), (0, 0), novel=1.0)
-    pairs = [(ep, e) for ep in eps for e in tr.encode([ep])]
-    hits = {"own": 0, "mismatched": 0, "zero": 0}
-    chance, count = 0.0, 0
-    for i in range(0, len(pairs) - 1, batch):
-        part = pairs[i:i + batch]
-        if len(part) < 2:
-            break
-        state, _ = tr.write([e for _, e in part])
-        states = {"own": state, "mismatched": state.rolled(), "zero": MemoryState.zeros(tr.model, len(part), tr.device)}
-        cands = [ep.answer for ep, _ in part]
-        for j, (_, e) in enumerate(part):
-            prompt = e.read_ids[:e.answer_start]
-            reads = collate_reads([(prompt + tr.renderer.encode(c) + [tr.end_id], len(prompt)) for c in cands], tr.pad_id)
-            for name, st in states.items():
-                hits[name] += int(answer_ce(tr.model, reads, st.rows([j] * len(cands))).argmin()) == j
-            chance += 1 / len(cands)
-            count += 1
-    out = {k: v / max(count, 1) for k, v in hits.items()}
-    out.update(chance=chance / max(count, 1), episodes=count)
-    return out
+    return choice_accuracy(tr, eps, lambda part, j: ([ep.answer for ep, _ in part], j), batch)
 
 
 def made_up_probe(tr: Trainer, fillers=(0, 1, 3, 6), n: int = 24, seed: int = 4242) -> dict:
