@@ -5,9 +5,30 @@ Errors name the argument and the expected shape; nothing is broadcast silently.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 MODES = ("standard", "no_decay")
+
+
+def float32_state(fn):
+    """Run a delta-rule op with autocast off for its inputs' device.
+
+    Under bf16 autocast (training on a GPU) the op's matmuls would otherwise run in bf16; the
+    `r x r` state is tiny and its rounding errors compound over thousands of writes, so the
+    recurrence stays float32 whatever the caller's autocast says. No cost when autocast is off.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(q, *args, **kwargs):
+        dev = q.device.type if isinstance(q, torch.Tensor) else "cpu"
+        if not torch.is_autocast_enabled(dev):
+            return fn(q, *args, **kwargs)
+        with torch.autocast(dev, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return wrapper
 
 
 def check_mode(mode: str) -> None:

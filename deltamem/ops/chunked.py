@@ -12,11 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_mode, check_sequence_inputs, check_write_mask, combine_masks
+from ._validate import check_mode, float32_state, check_sequence_inputs, check_write_mask, combine_masks
 
 DEFAULT_CHUNK_SIZE = 16
 
 
+@float32_state
 def delta_rule_chunked(
     q: torch.Tensor,  # [B, T, H, r], L2-normalised
     k: torch.Tensor,  # [B, T, H, r], L2-normalised

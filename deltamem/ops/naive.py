@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_mode, check_sequence_inputs, check_write_mask, combine_masks
+from ._validate import check_mode, float32_state, check_sequence_inputs, check_write_mask, combine_masks
 
 
+@float32_state
 def delta_rule_naive(
     q: torch.Tensor,  # [B, T, H, r], L2-normalised
     k: torch.Tensor,  # [B, T, H, r], L2-normalised

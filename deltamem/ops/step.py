@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_mode, check_step_inputs
+from ._validate import check_mode, float32_state, check_step_inputs
 
 
 def step_core(qk: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, S: torch.Tensor,
@@ -23,6 +23,7 @@ def step_core(qk: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, S: torch.Te
     return qkS[:, :, 0].reshape(B, H * r), S_new
 
 
+@float32_state
 def delta_rule_step(
     q: torch.Tensor,  # [B, H, r]
     k: torch.Tensor,  # [B, H, r]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -64,6 +65,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     max_minutes: float | None = None
     threads: int | None = None
+    device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
 
     def __post_init__(self):
         hints = typing.get_type_hints(TrainConfig)
@@ -102,6 +104,8 @@ class TrainConfig:
         for name in ("novel_values", "vocab_values", "generic_templates"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"recipe key {name!r} must be in [0, 1], got {getattr(self, name)}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"recipe key 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         self.adapter_config()  # validates the adapter fields, naming any bad one
 
     def adapter_config(self) -> DeltaMemConfig:

@@ -57,6 +57,8 @@ class Trainer:
             load_adapter(model, cfg.init_adapter, config=cfg.adapter_config() if cfg.adapter else None)
         elif not hasattr(model, "delta_mem"):
             attach_delta_mem(model, cfg.adapter_config())
+        self.device = resolve_device(cfg.device)
+        model.to(self.device)
         self.model, self.tok = model, tokenizer
         self.dm = model.delta_mem
         self.params = [p for p in self.dm.parameters()]
@@ -87,7 +89,6 @@ class Trainer:
         self.step = 0
         self.dropped = 0
         self.progress = progress and self.rank == 0
-        self.device = next(model.parameters()).device
 
     # ---- episodes -----------------------------------------------------------------------------
     def encode(self, episodes) -> list[EncodedEpisode]:
@@ -130,7 +131,7 @@ class Trainer:
             enc = self.encode(mine[a * micro:(a + 1) * micro])
             if not enc:
                 if self.world > 1:  # still join the gate all-reduce below, or the ranks' collectives mismatch
-                    dist.all_reduce(torch.zeros(2, dtype=torch.float64))
+                    dist.all_reduce(torch.zeros(2, dtype=torch.float64, device=self.device))
                 continue
             with self._autocast():
                 state, binding = self.write(enc, collect_gates=True)
@@ -158,7 +159,7 @@ class Trainer:
                     loss = loss + cfg.gate_supervision * gs.sum() / total
                     logs["gate_sup"] += float(gs.detach().sum())
                 gsum, gcount = binding.gate_total()
-                g_all = torch.tensor([float(gsum.detach()), gcount], dtype=torch.float64)
+                g_all = torch.tensor([float(gsum.detach()), gcount], dtype=torch.float64, device=self.device)
                 if self.world > 1:
                     dist.all_reduce(g_all)
                 gmean = g_all[0] / g_all[1].clamp_min(1)
@@ -177,7 +178,7 @@ class Trainer:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
             keys = ("ce", "ce_mis", "kl", "gate_sup", "distill", "tokens")
-            stats = torch.tensor([logs[k] for k in keys], dtype=torch.float64)
+            stats = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device)
             dist.all_reduce(stats)
             logs.update(zip(keys, stats.tolist()))
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
@@ -286,7 +287,7 @@ class Trainer:
         if not os.path.exists(os.path.join(path, "trainer.pt")):
             return False
         load_adapter(self.model, os.path.join(path, "adapter"))
-        ck = torch.load(os.path.join(path, "trainer.pt"), weights_only=False)
+        ck = torch.load(os.path.join(path, "trainer.pt"), map_location=self.device, weights_only=False)
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
         self.step, self.dropped = ck["step"], ck["dropped"]
@@ -365,7 +366,24 @@ def mean_ces(rows: list[dict]) -> dict:
     return out
 
 
+def resolve_device(name: str) -> torch.device:
+    """The recipe's `device` as a torch.device: "auto" is CUDA when available, else the CPU; a bare "cuda"
+    is this process's GPU under torchrun (LOCAL_RANK). A gloo process group keeps "auto" on the CPU."""
+    if name == "auto":
+        gloo = dist.is_initialized() and dist.get_backend() == "gloo"
+        name = "cuda" if torch.cuda.is_available() and not gloo else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"recipe key 'device' is {name!r} but torch sees no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def init_distributed() -> None:
     """Join the process group when launched by torchrun / accelerate (gloo on CPU, NCCL on GPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():  # NCCL needs each rank on its own GPU before the first collective
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -438,6 +438,24 @@ def test_state_comes_back_float32_whatever_its_input_dtype(state_dtype):
         assert_close_rel(f"{name} state", state, want_state, FP32_VALUE_TOL)
 
 
+def test_bf16_autocast_leaves_the_state_recurrence_float32():
+    """Training on a GPU runs under bf16 autocast; the ops must still compute the state in float32."""
+    q, k, v, beta, S0, mask = make_inputs(2, 40, 2, 4, seed=19, init="sR", mask_kind="holes")
+    want = {"naive": delta_rule_naive(q, k, v, beta, initial_state=S0, mask=mask),
+            "chunked": delta_rule_chunked(q, k, v, beta, initial_state=S0, mask=mask, chunk_size=8),
+            "step": run_steps(q, k, v, beta, S0)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        got = {"naive": delta_rule_naive(q, k, v, beta, initial_state=S0, mask=mask),
+               "chunked": delta_rule_chunked(q, k, v, beta, initial_state=S0, mask=mask, chunk_size=8),
+               "step": run_steps(q, k, v, beta, S0)}
+        assert torch.is_autocast_enabled("cpu"), "an op left autocast switched off for its caller"
+    for name in want:
+        for part, w, g in zip(("reads", "state"), want[name], got[name]):
+            assert g.dtype == torch.float32, f"{name} {part}: {g.dtype} under autocast"
+            assert torch.equal(g, w), f"{name} {part} changed under bf16 autocast"
+
+
 def test_modes_differ_and_standard_decays():
     """Sanity: the two modes are different recurrences (guards against `mode` being ignored)."""
     q, k, v, beta, S0, _ = make_inputs(1, 12, 1, 4, seed=13, init="sR")

@@ -66,6 +66,8 @@ def test_unknown_adapter_key_is_named(tmp_path):
     ({"sources": {"synthetic": 1.0, "wikipedia": 1.0}}, "sources"),
     ({"sources": {"locomo": 1.0}}, "locomo_conversations"),
     ({"batch_size": 6, "grad_accum": 4}, "batch_size"),
+    ({"device": "gpu"}, "device"),
+    ({"device": "cuda:x"}, "device"),
 ])
 def test_wrong_value_is_named(tmp_path, data, key):
     with pytest.raises(ValueError, match=key):
@@ -106,3 +108,13 @@ def test_set_path_creates_nested_keys():
     set_path(d, "out_dir", "runs/x")
     set_path(d, "seed", 7)  # non-strings pass through
     assert d == {"adapter": {"rank": 4, "heads": ["q", "v"]}, "out_dir": "runs/x", "seed": 7}
+
+
+def test_device_resolves_to_the_cpu_without_cuda(monkeypatch):
+    from deltamem.train.trainer import resolve_device
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device.*no CUDA"):
+        resolve_device("cuda")
