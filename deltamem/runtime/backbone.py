@@ -244,6 +244,12 @@ def _ensure_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions and tokenizer.model_max_length > 10**9:  # transformers' "no limit" sentinel
         tokenizer.model_max_length = max_positions
+    end = chat_end_token(tokenizer)
+    if end is not None and tokenizer.eos_token in (None, tokenizer.bos_token):
+        # some transformers versions read a GGUF's eos as the turn *opener* (SmolLM2: <|im_start|> with 5.17);
+        # every turn, and so every answer and every generation, ends with the template's closing token
+        tokenizer.eos_token = end
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError("The backbone tokenizer has neither a pad token nor an eos token")
@@ -255,6 +261,20 @@ def _ensure_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenize
         gen.pad_token_id = tokenizer.pad_token_id
     if gen.bos_token_id is None and tokenizer.bos_token_id is not None:
         gen.bos_token_id = tokenizer.bos_token_id
+
+
+def chat_end_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The special token the chat template closes a turn with (`<|im_end|>` for SmolLM2), or None."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "deltamem end-of-turn probe"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
+    except Exception:  # a template that needs other roles or arguments: leave the tokenizer as it is
+        return None
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    ids = tokenizer(text.split(marker, 1)[-1], add_special_tokens=False)["input_ids"]
+    return next((t for t in tokenizer.convert_ids_to_tokens(ids) if t in special), None)
 
 
 def _looks_like_local_path(name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -128,3 +129,17 @@ def test_embedded_backbone_knows_paris(smollm2_loads) -> None:
         output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+
+@pytest.mark.integration
+def test_eos_that_opens_turns_is_replaced_by_the_turn_closer(smollm2_loads) -> None:
+    """transformers 5.17 reads SmolLM2's GGUF eos as <|im_start|>; answers must still end with <|im_end|>."""
+    from deltamem.runtime.backbone import _ensure_special_tokens, chat_end_token
+
+    model, tokenizer = smollm2_loads[1]
+    assert tokenizer.eos_token == "<|im_end|>" and chat_end_token(tokenizer) == "<|im_end|>"
+    broken = copy.deepcopy(tokenizer)
+    broken.eos_token, broken.pad_token = broken.bos_token, None  # as transformers 5.17 loads it
+    _ensure_special_tokens(model, broken)
+    assert broken.eos_token == "<|im_end|>" and broken.pad_token == "<|im_end|>"
+    assert model.generation_config.eos_token_id == broken.eos_token_id == tokenizer.eos_token_id
