@@ -244,17 +244,18 @@ def _ensure_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions and tokenizer.model_max_length > 10**9:  # transformers' "no limit" sentinel
         tokenizer.model_max_length = max_positions
-    end = chat_end_token(tokenizer)
-    if end is not None and tokenizer.eos_token in (None, tokenizer.bos_token):
+    gen = model.generation_config
+    if tokenizer.eos_token in (None, tokenizer.bos_token):
         # some transformers versions read a GGUF's eos as the turn *opener* (SmolLM2: <|im_start|> with 5.17);
         # every turn, and so every answer and every generation, ends with the template's closing token
-        tokenizer.eos_token = end
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        end = chat_end_token(tokenizer)
+        if end is not None:
+            tokenizer.eos_token = end
+            gen.eos_token_id = tokenizer.eos_token_id
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError("The backbone tokenizer has neither a pad token nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
-    gen = model.generation_config
     if gen.eos_token_id is None:
         gen.eos_token_id = tokenizer.eos_token_id
     if gen.pad_token_id is None:
