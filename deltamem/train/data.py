@@ -52,7 +52,8 @@ class EpisodeStream:
         if split != "train":
             return {}
         c = self.cfg
-        return {"novel": c.novel_values, "vocab": c.vocab_values, "words": self.words, "generic": c.generic_templates}
+        return {"novel": c.novel_values, "vocab": c.vocab_values, "words": self.words, "generic": c.generic_templates,
+                "varied": c.varied_templates}
 
     def batch(self, step: int, n: int) -> list[Episode]:
         fillers = filler_range(self.cfg, step)

@@ -9,7 +9,9 @@
   share drawn from `words`, a large list of real words (the backbone's vocabulary, held-out
   values removed), so that copying is learnt on values as varied as real ones;
 * `generic` (training split only): the share of statements and questions taken from
-  attribute-generic templates, so that one phrasing does not stand for one attribute.
+  attribute-generic templates, so that one phrasing does not stand for one attribute;
+  `varied`: the share of those drawn from a wider pool (more frames, synonyms for each
+  attribute's noun), so that unseen phrasings are less far from every seen one.
 * `key_value`: RULER-style key-value / needle recall in a noise haystack.
 * `locomo_episodes`: LoCoMo QA pairs whose evidence lies inside the written history.
 """
@@ -112,6 +114,28 @@ GENERIC_QUESTIONS = ["What is {n}'s {noun}?", "Do you remember {n}'s {noun}?", "
                      "What did {n} say their {noun} is?", "Which {noun} did {n} mention?",
                      "{n} mentioned their {noun}. What was it?"]
 
+# the wider generic pool (`varied`): extra nouns per attribute and extra frames. No noun uses a word of
+# the attribute's held-out templates that the training templates do not already use (a test checks).
+SYNONYMS = {"pet": ["animal's name", "furry friend's name", "companion animal"],
+            "job": ["occupation", "line of work", "career"],
+            "city": ["town", "place of residence", "current town"],
+            "sport": ["favourite sport", "sporting hobby", "club sport"],
+            "instrument": ["musical instrument", "music hobby"],
+            "food": ["favourite food", "best-loved dish", "comfort food"],
+            "color": ["favourite shade", "preferred hue"],
+            "month": ["month of birth", "birthday month"],
+            "sibling": ["brother or sister", "sibling's first name"],
+            "car": ["vehicle brand", "car manufacturer", "brand of car"]}
+VARIED_STATEMENTS = ["My {noun} is {v}, if you are curious.", "{v}, that is my {noun}.",
+                     "You asked about my {noun}: it is {v}.", "I should mention that my {noun} is {v}.",
+                     "Let me tell you my {noun}: {v}.", "Not many people know my {noun} is {v}.",
+                     "Here is something new: my {noun} is {v}.", "My {noun}, since you asked, is {v}."]
+VARIED_QUESTIONS = ["Can you remind me of {n}'s {noun}?", "What was {n}'s {noun} again?",
+                    "I forgot {n}'s {noun}. What is it?", "Any idea what {n}'s {noun} is?",
+                    "Do you know {n}'s {noun}?", "Quick question: what is {n}'s {noun}?",
+                    "Name {n}'s {noun}.", "From our chat, what is {n}'s {noun}?",
+                    "Earlier {n} told you their {noun}. Which was it?"]
+
 FILLER = [
     "The weather was {w} today, so I stayed in most of the afternoon.",
     "I watched a documentary about {t} last night, it was interesting.",
@@ -182,10 +206,15 @@ def _values(rng: random.Random, attr: str, h: int, novel: float, k: int = 1, voc
     return rng.sample(FACTS[attr][h], k)
 
 
-def _phrase(rng: random.Random, attr: str, h: int, which: int, generic: float, **fields) -> str:
+def _phrase(rng: random.Random, attr: str, h: int, which: int, generic: float, varied: float = 0.0,
+            **fields) -> str:
     """A statement (`which=2`) or question (`which=4`) about `attr`: the split's own templates, or with
-    probability `generic` an attribute-generic one (training split only)."""
+    probability `generic` an attribute-generic one (training split only), of which a share `varied`
+    comes from the wider pool (more frames and nouns)."""
     if generic > 0 and rng.random() < generic:
+        if varied > 0 and rng.random() < varied:
+            pool = GENERIC_STATEMENTS + VARIED_STATEMENTS if which == 2 else GENERIC_QUESTIONS + VARIED_QUESTIONS
+            return rng.choice(pool).format(noun=rng.choice([NOUNS[attr], *SYNONYMS[attr]]), **fields)
         pool = GENERIC_STATEMENTS if which == 2 else GENERIC_QUESTIONS
         return rng.choice(pool).format(noun=NOUNS[attr], **fields)
     return rng.choice(FACTS[attr][which + h]).format(**fields)
@@ -197,13 +226,13 @@ def _date(rng: random.Random) -> str:
 
 def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: tuple[int, int] = (1, 3),
                     filler_turns: tuple[int, int] = (0, 6), novel: float = 0.0, vocab: float = 0.0,
-                    words: Sequence[str] = (), generic: float = 0.0) -> list[Episode]:
+                    words: Sequence[str] = (), generic: float = 0.0, varied: float = 0.0) -> list[Episode]:
     """`n` chats, each stating 1-3 facts about one person among filler turn pairs; one question each.
 
     `split="train"` draws names, values and templates from the training pools,
     `"heldout"` from disjoint ones (unseen values, statements and questions).
     """
-    _check_split(split, novel, vocab, words, generic)
+    _check_split(split, novel, vocab, words, generic, varied)
     rng = random.Random(seed)
     h = 0 if split == "train" else 1
     out = []
@@ -214,7 +243,7 @@ def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: 
                   for k in kinds}
         turns = [[*_filler(rng, name, "")] for _ in range(rng.randint(*filler_turns))]
         for k in kinds:
-            stmt = _phrase(rng, k, h, 2, generic, v=chosen[k])
+            stmt = _phrase(rng, k, h, 2, generic, varied, v=chosen[k])
             turns.insert(rng.randint(0, len(turns)), [{"role": "user", "name": name, "content": stmt},
                                                       {"role": "assistant", "content": rng.choice(FACT_REPLIES)}])
         history, date = [], _date(rng)
@@ -224,7 +253,7 @@ def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: 
                     m["timestamp"] = date
             history += pair
         target = rng.choice(kinds)
-        question = _phrase(rng, target, h, 4, generic, n=name)
+        question = _phrase(rng, target, h, 4, generic, varied, n=name)
         out.append(Episode(history, question, chosen[target], "synthetic",
                            {"attribute": target, "facts": chosen, "values": list(chosen.values())}))
     return out
@@ -232,9 +261,9 @@ def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: 
 
 def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[int, int] = (0, 4),
                  novel: float = 0.0, vocab: float = 0.0, words: Sequence[str] = (),
-                 generic: float = 0.0) -> list[Episode]:
+                 generic: float = 0.0, varied: float = 0.0) -> list[Episode]:
     """A fact, filler, then the same fact with a new value; the answer is the latest value."""
-    _check_split(split, novel, vocab, words, generic)
+    _check_split(split, novel, vocab, words, generic, varied)
     rng = random.Random(seed + 1_000_003)
     h = 0 if split == "train" else 1
     out = []
@@ -243,22 +272,24 @@ def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[in
         k = rng.choice(sorted(FACTS))
         old, new = _values(rng, k, h, novel, 2, vocab, words)
         date = _date(rng)
-        history = [{"role": "user", "name": name, "timestamp": date, "content": _phrase(rng, k, h, 2, generic, v=old)},
+        first = _phrase(rng, k, h, 2, generic, varied, v=old)
+        history = [{"role": "user", "name": name, "timestamp": date, "content": first},
                    {"role": "assistant", "content": rng.choice(FACT_REPLIES)}]
         for _ in range(rng.randint(*filler_turns)):
             history += _filler(rng, name, date)
         history += [{"role": "user", "name": name, "timestamp": date,
-                     "content": "Update: " + _phrase(rng, k, h, 2, generic, v=new)},
+                     "content": "Update: " + _phrase(rng, k, h, 2, generic, varied, v=new)},
                     {"role": "assistant", "content": rng.choice(FACT_REPLIES)}]
-        question = _phrase(rng, k, h, 4, generic, n=name)
+        question = _phrase(rng, k, h, 4, generic, varied, n=name)
         out.append(Episode(history, question, new, "update", {"attribute": k, "old": old, "values": [old, new]}))
     return out
 
 
-def _check_split(split: str, novel: float, vocab: float = 0.0, words: Sequence[str] = (), generic: float = 0.0) -> None:
+def _check_split(split: str, novel: float, vocab: float = 0.0, words: Sequence[str] = (), generic: float = 0.0,
+                 varied: float = 0.0) -> None:
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    for name, share in (("novel", novel), ("vocab", vocab), ("generic", generic)):
+    for name, share in (("novel", novel), ("vocab", vocab), ("generic", generic), ("varied", varied)):
         if not 0.0 <= share <= 1.0 or (share and split != "train"):
             raise ValueError(f"{name} must be in [0, 1] and only used with split='train', got {share!r} for {split!r}")
     if vocab and len(words) < 3:

@@ -9,7 +9,8 @@ import pytest
 
 from deltamem.train import Trainer, TrainConfig
 from deltamem.train.data import EpisodeStream, validation_set, vocabulary_words
-from deltamem.train.sources import FACTS, GENERIC_QUESTIONS, GENERIC_STATEMENTS, NAMES, fact_updates, synthetic_chats
+from deltamem.train.sources import (FACTS, GENERIC_QUESTIONS, GENERIC_STATEMENTS, NAMES, NOUNS, SYNONYMS,
+                                    VARIED_QUESTIONS, VARIED_STATEMENTS, fact_updates, synthetic_chats)
 from train_helpers import TINY_TRAIN
 
 WORDS = ("harbor", "meadow", "quartz", "lantern", "pebble")
@@ -50,8 +51,29 @@ def test_generic_phrasings_are_used_and_never_a_heldout_template():
         assert any(ep.answer in m["content"] for m in ep.history)
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def test_varied_phrasings_are_used_grounded_and_never_a_heldout_template():
+    assert synthetic_chats(30, 6, generic=0.5) == synthetic_chats(30, 6, generic=0.5, varied=0.0)
+    eps = synthetic_chats(300, 6, generic=1.0, varied=1.0) + fact_updates(100, 6, generic=1.0, varied=1.0)
+    frames = [re.escape(q).replace(re.escape("{n}"), ".+").replace(re.escape("{noun}"), ".+") for q in VARIED_QUESTIONS]
+    assert sum(any(re.fullmatch(p, ep.question) for p in frames) for ep in eps) > 150
+    nouns = {n for ep in eps for n in SYNONYMS[ep.meta["attribute"]] if n in ep.question}
+    assert len(nouns) > 15  # the synonyms are drawn, not only the one noun per attribute
+    for ep in eps:
+        assert any(ep.answer in m["content"] for m in ep.history)
+    assert not HELDOUT_TEMPLATES & set(VARIED_STATEMENTS + VARIED_QUESTIONS)
+    for attr in FACTS:  # no synonym brings in a word only held-out templates use
+        seen = _words(" ".join(FACTS[attr][2] + FACTS[attr][4] + GENERIC_STATEMENTS + GENERIC_QUESTIONS + [NOUNS[attr]]))
+        held_only = _words(" ".join(FACTS[attr][3] + FACTS[attr][5])) - seen
+        for noun in SYNONYMS[attr]:
+            assert not _words(noun) & held_only, (attr, noun)
+
+
 def test_mixture_is_refused_on_the_heldout_split_and_without_words():
-    for kw in ({"vocab": 0.5, "words": WORDS}, {"generic": 0.5}):
+    for kw in ({"vocab": 0.5, "words": WORDS}, {"generic": 0.5}, {"varied": 0.5}):
         with pytest.raises(ValueError, match="only used with split='train'"):
             synthetic_chats(1, 0, "heldout", **kw)
     with pytest.raises(ValueError, match="list of at least 3 words"):
@@ -63,7 +85,7 @@ def test_mixture_is_refused_on_the_heldout_split_and_without_words():
     assert all(ep.answer in POOLS for ep in held)
 
 
-@pytest.mark.parametrize("key", ["vocab_values", "generic_templates"])
+@pytest.mark.parametrize("key", ["vocab_values", "generic_templates", "varied_templates"])
 def test_recipe_rejects_shares_outside_0_1(key):
     with pytest.raises(ValueError, match=key):
         TrainConfig(**{key: 1.5})
