@@ -69,6 +69,20 @@ def plain_text_chunks(tokenizer, texts: list[str], n_tokens: int) -> list[list[i
     return out
 
 
+def chat_chunks(renderer, conversations: list[list[dict]], n_tokens: int) -> list[list[int]]:
+    """Chat-template exchanges `[system, user: turn i, assistant: turn i + 1]` over consecutive turn pairs of
+    each conversation, each cut to its last `n_tokens` tokens (shorter ones dropped): ordinary replies, which
+    a memory of something else should leave as the backbone would write them."""
+    out = []
+    for msgs in conversations:
+        for a, b in zip(msgs[::2], msgs[1::2]):
+            ids = renderer.system_ids + renderer.encode(renderer.message({"role": "user", "content": a["content"]})) \
+                + renderer.encode(renderer.message({"role": "assistant", "content": b["content"]}))
+            if len(ids) >= n_tokens:
+                out.append(ids[-n_tokens:])
+    return out
+
+
 def validation_set(cfg: TrainConfig, n: int, split: str = "train", words: tuple[str, ...] = ()) -> list[Episode]:
     """Episodes from the training distribution (final filler range) under a seed training never uses;
     `split="heldout"` uses unseen names, values and templates instead."""

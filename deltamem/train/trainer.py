@@ -31,7 +31,7 @@ from ..runtime.render import Renderer
 from ..runtime.session import DEFAULT_SYSTEM_PROMPT
 from ..runtime.writer import run_write
 from .config import TrainConfig
-from .data import EpisodeStream, plain_text_chunks, stable_seed, validation_set, vocabulary_words
+from .data import EpisodeStream, chat_chunks, plain_text_chunks, stable_seed, validation_set, vocabulary_words
 from .episode import EncodedEpisode, answer_ce, answer_pass, collate_reads, distill_loss, encode_episode, \
     teacher_reads
 
@@ -81,6 +81,16 @@ class Trainer:
                                            cfg.preserve_tokens)
             if not self.plain:
                 raise ValueError(f"recipe key 'preserve_conversations': no {cfg.preserve_tokens}-token chunk in "
+                                 f"{cfg.preserve_conversations}")
+        self.chat: list[list[int]] = []
+        if cfg.preserve > 0 and cfg.preserve_chat > 0:
+            from ..data.locomo import load_locomo, locomo_messages
+
+            convs = [locomo_messages(x) for x in load_locomo(cfg.locomo_path)
+                     if x["sample_id"] in cfg.preserve_conversations]
+            self.chat = chat_chunks(self.renderer, convs, cfg.preserve_tokens)
+            if not self.chat:
+                raise ValueError(f"recipe key 'preserve_chat': no exchange of {cfg.preserve_tokens} tokens or more in "
                                  f"{cfg.preserve_conversations}")
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, int(cfg.warmup * cfg.steps))
@@ -212,9 +222,12 @@ class Trainer:
                     p[sl] = b + s * (p[sl] - b)
 
     def preserve_kl(self, state: MemoryState, seeds: list[int]) -> torch.Tensor:
-        """Per-row KL(frozen backbone || backbone + `state`) on plain-text chunks chosen by `seeds` -> `[B]`
-        (nats per token). With the memory unbound the adapted model is exactly the backbone."""
-        ids = torch.tensor([self.plain[s % len(self.plain)] for s in seeds], device=self.device)
+        """Per-row KL(frozen backbone || backbone + `state`) on plain-text chunks (a `preserve_chat` share:
+        chat exchanges) chosen by `seeds` -> `[B]` (nats per token). With the memory unbound the adapted model is exactly the backbone."""
+        chat = [bool(self.chat) and random.Random(stable_seed("chat", s)).random() < self.cfg.preserve_chat
+                for s in seeds]
+        ids = torch.tensor([self.chat[s % len(self.chat)] if c else self.plain[s % len(self.plain)]
+                            for s, c in zip(seeds, chat)], device=self.device)
         if self.cfg.preserve_plain_memory > 0:
             state = self.plain_memory(state, seeds)
         with torch.no_grad():

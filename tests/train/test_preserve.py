@@ -106,3 +106,23 @@ def test_preserve_plain_memory_replaces_rows_with_a_written_plain_memory(make_cf
     assert torch.allclose(tr.preserve_kl(zero, [0, 1]), torch.zeros(2), atol=1e-6)
     with pytest.raises(ValueError, match="preserve_plain_memory"):
         TrainConfig(**{**TINY_TRAIN, "preserve_plain_memory": 1.5})
+
+
+def test_preserve_chat_reads_chat_exchanges(make_cfg, locomo_file):
+    """With share 1 every row is the tail of a chat-template exchange ending in the assistant's reply, of
+    exactly `preserve_tokens` tokens; it changes the KL rows; share 0 keeps the plain-text rows."""
+    cfg = make_cfg(preserve=0.5, preserve_conversations=["conv-x"], locomo_path=locomo_file, preserve_tokens=16,
+                   preserve_chat=1.0)
+    tr = Trainer(cfg, progress=False)
+    assert tr.chat and all(len(c) == 16 for c in tr.chat)
+    end = tr.renderer.encode(tr.renderer.message({"role": "assistant", "content": "x"}))[-2:]
+    assert all(c[-2:] == end for c in tr.chat)  # every chunk closes an assistant turn
+    state = MemoryState.zeros(tr.model, 2, tr.device)
+    for t in state.tensors:
+        t.normal_()
+    chat_kl = tr.preserve_kl(state, [0, 1])
+    assert (chat_kl > 0).all()
+    tr.cfg.preserve_chat = 0.0
+    assert not torch.allclose(tr.preserve_kl(state, [0, 1]), chat_kl)
+    with pytest.raises(ValueError, match="preserve_chat"):
+        TrainConfig(**{**TINY_TRAIN, "preserve_chat": -0.1})
