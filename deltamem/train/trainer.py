@@ -223,7 +223,8 @@ class Trainer:
 
     def preserve_kl(self, state: MemoryState, seeds: list[int]) -> torch.Tensor:
         """Per-row KL(frozen backbone || backbone + `state`) on plain-text chunks (a `preserve_chat` share:
-        chat exchanges) chosen by `seeds` -> `[B]` (nats per token). With the memory unbound the adapted model is exactly the backbone."""
+        chat exchanges) chosen by `seeds` -> `[B]` (nats per token). With the memory unbound the adapted
+        model is exactly the backbone."""
         chat = [bool(self.chat) and random.Random(stable_seed("chat", s)).random() < self.cfg.preserve_chat
                 for s in seeds]
         ids = torch.tensor([self.chat[s % len(self.chat)] if c else self.plain[s % len(self.plain)]

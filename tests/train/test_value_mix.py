@@ -66,7 +66,8 @@ def test_varied_phrasings_are_used_grounded_and_never_a_heldout_template():
         assert any(ep.answer in m["content"] for m in ep.history)
     assert not HELDOUT_TEMPLATES & set(VARIED_STATEMENTS + VARIED_QUESTIONS)
     for attr in FACTS:  # no synonym brings in a word only held-out templates use
-        seen = _words(" ".join(FACTS[attr][2] + FACTS[attr][4] + GENERIC_STATEMENTS + GENERIC_QUESTIONS + [NOUNS[attr]]))
+        train = FACTS[attr][2] + FACTS[attr][4] + GENERIC_STATEMENTS + GENERIC_QUESTIONS + [NOUNS[attr]]
+        seen = _words(" ".join(train))
         held_only = _words(" ".join(FACTS[attr][3] + FACTS[attr][5])) - seen
         for noun in SYNONYMS[attr]:
             assert not _words(noun) & held_only, (attr, noun)
