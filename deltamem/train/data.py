@@ -22,9 +22,10 @@ class EpisodeStream:
     """`batch(step)` returns the same episodes for the same (seed, step), so runs resume exactly."""
 
     def __init__(self, cfg: TrainConfig, words: tuple[str, ...] = ()):
-        if cfg.vocab_values > 0 and len(words) < 3:
-            raise ValueError("recipe key 'vocab_values' > 0 needs a word list: build the stream with "
-                             "vocabulary_words(tokenizer)")
+        for key in ("vocab_values", "blend_values"):
+            if getattr(cfg, key) > 0 and len(words) < 3:
+                raise ValueError(f"recipe key {key!r} > 0 needs a word list: build the stream with "
+                                 "vocabulary_words(tokenizer)")
         self.cfg, self.words = cfg, words
         names = sorted(cfg.sources)
         self.names = [n for n in names if cfg.sources[n] > 0]
@@ -53,7 +54,7 @@ class EpisodeStream:
             return {}
         c = self.cfg
         return {"novel": c.novel_values, "vocab": c.vocab_values, "words": self.words, "generic": c.generic_templates,
-                "varied": c.varied_templates}
+                "varied": c.varied_templates, "blend": c.blend_values}
 
     def batch(self, step: int, n: int) -> list[Episode]:
         fillers = filler_range(self.cfg, step)

@@ -7,7 +7,10 @@
 * `novel` (both of the above, training split only): the share of values that are made-up
   words, which no prior can guess, so the memory must carry the value itself; `vocab`: the
   share drawn from `words`, a large list of real words (the backbone's vocabulary, held-out
-  values removed), so that copying is learnt on values as varied as real ones;
+  values removed), so that copying is learnt on values as varied as real ones; `blend`: the share
+  of the rest that splice two such words ("harbor" + "lantern" -> "harbtern"), values of several
+  tokens with real spelling, since held-out values are mostly 2-4 tokens and single-token words
+  teach only one-token copies;
 * `generic` (training split only): the share of statements and questions taken from
   attribute-generic templates, so that one phrasing does not stand for one attribute;
   `varied`: the share of those drawn from a wider pool (more frames, synonyms for each
@@ -190,13 +193,33 @@ def pseudo_word(rng: random.Random, capital: bool = False) -> str:
     return w.capitalize() if capital else w
 
 
+BANNED = {v.lower() for attr in FACTS.values() for v in attr[1]} | {n.lower() for n in NAMES["heldout"]}
+
+
+def blend_word(rng: random.Random, words: Sequence[str]) -> str:
+    """A prefix of one word spliced onto a suffix of another ("harbor", "lantern" -> "harbtern"):
+    several tokens, real spelling, never a held-out value or name."""
+    while True:
+        a, b = rng.sample(words, 2)
+        w = a[: rng.randint(2, max(2, len(a) - 1))] + b[rng.randint(1, max(1, len(b) - 2)):]
+        if 4 <= len(w) <= 11 and w.lower() not in BANNED:
+            return w
+
+
 def _values(rng: random.Random, attr: str, h: int, novel: float, k: int = 1, vocab: float = 0.0,
-            words: Sequence[str] = ()) -> list[str]:
+            words: Sequence[str] = (), blend: float = 0.0) -> list[str]:
     """`k` distinct values for `attr`: from the split's pool, with probability `vocab` real words from
-    `words`, or with probability `novel` made up."""
+    `words`, else with probability `blend` spliced words, else with probability `novel` made up."""
     cap = attr in CAPITALISED
     if vocab > 0 and rng.random() < vocab:
         return [w.capitalize() if cap else w for w in rng.sample(words, k)]
+    if blend > 0 and rng.random() < blend:
+        out = []
+        while len(out) < k:
+            w = blend_word(rng, words)
+            w = w.capitalize() if cap else w
+            out += [w] if w not in out else []
+        return out
     if novel > 0 and rng.random() < novel:
         out: list[str] = []
         while len(out) < k:
@@ -226,20 +249,22 @@ def _date(rng: random.Random) -> str:
 
 def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: tuple[int, int] = (1, 3),
                     filler_turns: tuple[int, int] = (0, 6), novel: float = 0.0, vocab: float = 0.0,
-                    words: Sequence[str] = (), generic: float = 0.0, varied: float = 0.0) -> list[Episode]:
+                    words: Sequence[str] = (), generic: float = 0.0, varied: float = 0.0,
+                    blend: float = 0.0) -> list[Episode]:
     """`n` chats, each stating 1-3 facts about one person among filler turn pairs; one question each.
 
     `split="train"` draws names, values and templates from the training pools,
     `"heldout"` from disjoint ones (unseen values, statements and questions).
     """
-    _check_split(split, novel, vocab, words, generic, varied)
+    _check_split(split, novel, vocab, words, generic, varied, blend)
     rng = random.Random(seed)
     h = 0 if split == "train" else 1
     out = []
     for _ in range(n):
         name = rng.choice(NAMES[split])
         kinds = rng.sample(sorted(FACTS), rng.randint(*facts_per_episode))
-        chosen = {k: _values(rng, k, h, novel, 1, vocab, words)[0] if novel or vocab else rng.choice(FACTS[k][h])
+        chosen = {k: _values(rng, k, h, novel, 1, vocab, words, blend)[0] if novel or vocab or blend
+                  else rng.choice(FACTS[k][h])
                   for k in kinds}
         turns = [[*_filler(rng, name, "")] for _ in range(rng.randint(*filler_turns))]
         for k in kinds:
@@ -261,16 +286,16 @@ def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: 
 
 def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[int, int] = (0, 4),
                  novel: float = 0.0, vocab: float = 0.0, words: Sequence[str] = (),
-                 generic: float = 0.0, varied: float = 0.0) -> list[Episode]:
+                 generic: float = 0.0, varied: float = 0.0, blend: float = 0.0) -> list[Episode]:
     """A fact, filler, then the same fact with a new value; the answer is the latest value."""
-    _check_split(split, novel, vocab, words, generic, varied)
+    _check_split(split, novel, vocab, words, generic, varied, blend)
     rng = random.Random(seed + 1_000_003)
     h = 0 if split == "train" else 1
     out = []
     for _ in range(n):
         name = rng.choice(NAMES[split])
         k = rng.choice(sorted(FACTS))
-        old, new = _values(rng, k, h, novel, 2, vocab, words)
+        old, new = _values(rng, k, h, novel, 2, vocab, words, blend)
         date = _date(rng)
         first = _phrase(rng, k, h, 2, generic, varied, v=old)
         history = [{"role": "user", "name": name, "timestamp": date, "content": first},
@@ -286,14 +311,16 @@ def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[in
 
 
 def _check_split(split: str, novel: float, vocab: float = 0.0, words: Sequence[str] = (), generic: float = 0.0,
-                 varied: float = 0.0) -> None:
+                 varied: float = 0.0, blend: float = 0.0) -> None:
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    for name, share in (("novel", novel), ("vocab", vocab), ("generic", generic), ("varied", varied)):
+    for name, share in (("novel", novel), ("vocab", vocab), ("generic", generic), ("varied", varied),
+                        ("blend", blend)):
         if not 0.0 <= share <= 1.0 or (share and split != "train"):
             raise ValueError(f"{name} must be in [0, 1] and only used with split='train', got {share!r} for {split!r}")
-    if vocab and len(words) < 3:
-        raise ValueError(f"vocab={vocab} needs a list of at least 3 words, got {len(words)}")
+    for name, share in (("vocab", vocab), ("blend", blend)):
+        if share and len(words) < 3:
+            raise ValueError(f"{name}={share} needs a list of at least 3 words, got {len(words)}")
 
 
 def key_value(n: int, seed: int, pairs: tuple[int, int] = (1, 4), noise_turns: tuple[int, int] = (0, 4)) -> list[Episode]:

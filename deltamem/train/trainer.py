@@ -71,7 +71,7 @@ class Trainer:
         self.renderer = Renderer(tokenizer, cfg.system_prompt or DEFAULT_SYSTEM_PROMPT)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.end_id = tokenizer.eos_token_id
-        self.words = vocabulary_words(tokenizer) if cfg.vocab_values > 0 else ()
+        self.words = vocabulary_words(tokenizer) if cfg.vocab_values > 0 or cfg.blend_values > 0 else ()
         self.stream = EpisodeStream(cfg, self.words)
         self.plain: list[list[int]] = []
         if cfg.preserve > 0:

@@ -93,7 +93,7 @@ def test_ce_by_answer_groups_every_episode(trainer):
 
     eps = synthetic_chats(4, 1, novel=1.0, filler_turns=(0, 1)) + synthetic_chats(3, 2, filler_turns=(0, 1)) + key_value(3, 3)
     out = ce_by_answer(trainer, eps, batch=5)
-    assert {k: v["episodes"] for k, v in out.items()} == {"made-up word": 4, "pool value": 3, "key_value": 3}
+    assert {k: v["episodes"] for k, v in out.items()} == {"made-up or spliced word": 4, "pool value": 3, "key_value": 3}
     for v in out.values():
         assert v["own"] > 0 and v["mismatched"] > 0
     assert answer_kind(synthetic_chats(1, 0, vocab=1.0, words=("harbor", "meadow", "quartz"))[0],

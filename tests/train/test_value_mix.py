@@ -108,3 +108,26 @@ def test_trainer_builds_the_word_list_when_the_recipe_asks(tiny_dir):
     batch = tr.stream.batch(0, 4)
     assert all(ep.answer.lower() in tr.words for ep in batch)
     assert tr.train_step(batch)["ce"] > 0
+
+
+def test_blend_values_splice_two_words_and_stay_out_of_the_heldout_split():
+    from deltamem.train.sources import BANNED, blend_word
+
+    eps = synthetic_chats(60, 6, blend=1.0, words=WORDS, filler_turns=(0, 1))
+    for ep in eps:
+        w = ep.answer.lower()
+        assert w not in BANNED and w not in WORDS and 4 <= len(w) <= 11
+        assert any(w.startswith(a[:2]) for a in WORDS) and any(w.endswith(b[-1]) for b in WORDS)
+        assert any(ep.answer in m["content"] for m in ep.history if m["role"] == "user")
+    assert len({ep.answer.lower() for ep in eps}) > 30  # varied, not a handful of fixed splices
+    for ep in fact_updates(30, 6, blend=1.0, words=WORDS):
+        assert ep.answer != ep.meta["old"] and ep.answer in ep.history[-2]["content"]
+    # a spliced word equal to a held-out value is drawn again: "pix" + "xel" can only make "pixel"
+    assert all(blend_word(__import__("random").Random(i), ("pixa", "texel", "maroon")) != "pixel" for i in range(50))
+    assert synthetic_chats(20, 6, words=WORDS) == synthetic_chats(20, 6, blend=0.0, words=WORDS)
+    with pytest.raises(ValueError, match="blend"):
+        synthetic_chats(2, 6, split="heldout", blend=0.5, words=WORDS)
+    with pytest.raises(ValueError, match="blend"):
+        fact_updates(2, 6, blend=0.5)
+    with pytest.raises(ValueError, match="blend_values"):
+        EpisodeStream(TrainConfig(sources={"synthetic": 1.0}, blend_values=0.5))
