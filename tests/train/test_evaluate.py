@@ -171,3 +171,25 @@ def test_heldout_report_under_a_recipe_with_vocabulary_values(tiny_dir, tmp_path
         assert {"ce", "ce_by_answer", "candidates", "gates", "accuracy", "first_token"} <= set(rep[split])
     assert set(rep["made_up_probe"]) == {"0", "1", "3", "6"}
     assert set(rep["made_up_choice"]) == {"own", "mismatched", "zero", "chance", "episodes"}
+    assert {"ce", "accuracy"} <= set(rep["heldout_values_training_templates"])
+
+
+def test_training_templates_restate_heldout_values_in_seen_phrasings():
+    from deltamem.train.evaluate import training_templates
+    from deltamem.train.sources import FACTS, fact_updates, key_value, synthetic_chats
+
+    eps = synthetic_chats(20, 3, split="heldout", facts_per_episode=(1, 3)) + fact_updates(10, 3, split="heldout")
+    eps += key_value(2, 3)
+    out = training_templates(eps)
+    train_stmts = {t for a in FACTS.values() for t in a[2]}
+    for before, after in zip(eps, out):
+        assert (after.answer, after.values, len(after.history)) == (before.answer, before.values, len(before.history))
+        if before.kind == "key_value":
+            assert after == before
+            continue
+        attr = before.meta["attribute"]
+        assert after.question in {q.format(n=before.history[0]["name"]) for q in FACTS[attr][4]}
+        stated = [m["content"].removeprefix("Update: ") for m in after.history
+                  if m["role"] == "user" and any(v in m["content"] for v in before.values)]
+        assert len(stated) == len(before.values)
+        assert all(any(s == t.format(v=v) for t in train_stmts for v in before.values) for s in stated)
