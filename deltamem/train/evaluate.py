@@ -83,7 +83,8 @@ POOL_VALUES = {v for attr in FACTS.values() for pool in attr[:2] for v in pool}
 
 def answer_kind(ep, words=()) -> str:
     """What must travel: a value from the small pools (a prior or a class code can carry it), a real word
-    from the vocabulary list, a made-up or spliced word (only a copy can carry those), or the episode's kind otherwise."""
+    from the vocabulary list, a made-up or spliced word (only a copy can carry those), or the episode's kind
+    otherwise."""
     if ep.kind not in ("synthetic", "update"):
         return ep.kind
     if ep.answer in POOL_VALUES:
