@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from .config import TrainConfig
-from .sources import FACTS, NAMES, Episode, fact_updates, key_value, locomo_episodes, synthetic_chats
+from .sources import BANNED, Episode, fact_updates, key_value, locomo_episodes, synthetic_chats
 
 
 def filler_range(cfg: TrainConfig, step: int) -> tuple[int, int]:
@@ -100,11 +100,10 @@ def stable_seed(*key) -> int:
 def vocabulary_words(tokenizer, min_len: int = 4, max_len: int = 10) -> tuple[str, ...]:
     """Lower-case real words that the tokenizer holds as one space-prefixed token ("Ġharbor"), sorted,
     with every held-out value and name removed (training on them would leak the held-out split)."""
-    banned = {v.lower() for attr in FACTS.values() for v in attr[1]} | {n.lower() for n in NAMES["heldout"]}
     words = set()
     for token in tokenizer.get_vocab():
         text = tokenizer.convert_tokens_to_string([token])
         w = text[1:]
-        if text[:1] == " " and w.isascii() and w.isalpha() and min_len <= len(w) <= max_len and w.lower() not in banned:
+        if text[:1] == " " and w.isascii() and w.isalpha() and min_len <= len(w) <= max_len and w.lower() not in BANNED:
             words.add(w.lower())
     return tuple(sorted(words))

@@ -193,6 +193,7 @@ def pseudo_word(rng: random.Random, capital: bool = False) -> str:
     return w.capitalize() if capital else w
 
 
+# held-out values and names, lower-cased: no training value (vocabulary or spliced word) may be one of them
 BANNED = {v.lower() for attr in FACTS.values() for v in attr[1]} | {n.lower() for n in NAMES["heldout"]}
 
 
@@ -214,19 +215,19 @@ def _values(rng: random.Random, attr: str, h: int, novel: float, k: int = 1, voc
     if vocab > 0 and rng.random() < vocab:
         return [w.capitalize() if cap else w for w in rng.sample(words, k)]
     if blend > 0 and rng.random() < blend:
-        out = []
-        while len(out) < k:
-            w = blend_word(rng, words)
-            w = w.capitalize() if cap else w
-            out += [w] if w not in out else []
-        return out
+        return _distinct(k, lambda: (str.capitalize if cap else str)(blend_word(rng, words)))
     if novel > 0 and rng.random() < novel:
-        out: list[str] = []
-        while len(out) < k:
-            w = pseudo_word(rng, cap)
-            out += [w] if w not in out else []
-        return out
+        return _distinct(k, lambda: pseudo_word(rng, cap))
     return rng.sample(FACTS[attr][h], k)
+
+
+def _distinct(k: int, draw) -> list[str]:
+    """`k` distinct results of `draw()`, drawn in order until there are enough."""
+    out: list[str] = []
+    while len(out) < k:
+        w = draw()
+        out += [w] if w not in out else []
+    return out
 
 
 def _phrase(rng: random.Random, attr: str, h: int, which: int, generic: float, varied: float = 0.0,
