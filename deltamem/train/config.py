@@ -61,6 +61,7 @@ class TrainConfig:
     preserve_tokens: int = 128  # tokens per plain-text chunk; one chunk per episode
     preserve_plain_memory: float = 0.0  # share of those rows read with a memory written from 4 other chunks
     preserve_chat: float = 0.0  # share of rows that are a chat-template exchange (its reply) instead of plain text
+    preserve_qa: float = 0.0  # share of rows that are a general question and the frozen backbone's own reply
     seed: int = 0
     # bookkeeping
     eval_every: int = 50
@@ -97,7 +98,7 @@ class TrainConfig:
             raise ValueError(f"recipe key 'gate_supervision' must be >= 0, got {self.gate_supervision}")
         if self.gate_supervision > 0 and self.adapter.get("write_granularity", "token") != "token":
             raise ValueError("recipe key 'gate_supervision' needs token writes (adapter.write_granularity: token)")
-        for name in ("preserve_plain_memory", "preserve_chat"):
+        for name in ("preserve_plain_memory", "preserve_chat", "preserve_qa"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"recipe key {name!r} must be in [0, 1], got {getattr(self, name)}")
         if self.distill < 0:

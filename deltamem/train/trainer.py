@@ -92,6 +92,14 @@ class Trainer:
             if not self.chat:
                 raise ValueError(f"recipe key 'preserve_chat': no exchange of {cfg.preserve_tokens} tokens or more in "
                                  f"{cfg.preserve_conversations}")
+        self.qa: list[list[int]] = []
+        if cfg.preserve > 0 and cfg.preserve_qa > 0:
+            from .questions import qa_chunks
+
+            self.qa = qa_chunks(self.model, self.renderer, tokenizer, cfg.preserve_tokens, self.pad_id,
+                                progress=progress and self.rank == 0)
+            if not self.qa:
+                raise ValueError(f"recipe key 'preserve_qa': no question and reply of {cfg.preserve_tokens} tokens")
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, int(cfg.warmup * cfg.steps))
         lr_at = lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, cfg.steps - warm)))  # noqa: E731
@@ -222,13 +230,9 @@ class Trainer:
                     p[sl] = b + s * (p[sl] - b)
 
     def preserve_kl(self, state: MemoryState, seeds: list[int]) -> torch.Tensor:
-        """Per-row KL(frozen backbone || backbone + `state`) on plain-text chunks (a `preserve_chat` share:
-        chat exchanges) chosen by `seeds` -> `[B]` (nats per token). With the memory unbound the adapted
-        model is exactly the backbone."""
-        chat = [bool(self.chat) and random.Random(stable_seed("chat", s)).random() < self.cfg.preserve_chat
-                for s in seeds]
-        ids = torch.tensor([self.chat[s % len(self.chat)] if c else self.plain[s % len(self.plain)]
-                            for s, c in zip(seeds, chat)], device=self.device)
+        """Per-row KL(frozen backbone || backbone + `state`) on the `preserve_row`s of `seeds` -> `[B]` (nats
+        per token). With the memory unbound the adapted model is exactly the backbone."""
+        ids = torch.tensor([self.preserve_row(s) for s in seeds], device=self.device)
         if self.cfg.preserve_plain_memory > 0:
             state = self.plain_memory(state, seeds)
         with torch.no_grad():
@@ -236,6 +240,15 @@ class Trainer:
         with use_memory(self.model, state, write=False):
             mem = self.model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
         return (base.exp() * (base - mem)).sum(-1).mean(-1)
+
+    def preserve_row(self, seed: int) -> list[int]:
+        """The preservation row for `seed`: a general question and the backbone's reply (a `preserve_qa`
+        share), else a chat exchange (a `preserve_chat` share of the rest), else plain text."""
+        if self.qa and random.Random(stable_seed("qa", seed)).random() < self.cfg.preserve_qa:
+            return self.qa[seed % len(self.qa)]
+        if self.chat and random.Random(stable_seed("chat", seed)).random() < self.cfg.preserve_chat:
+            return self.chat[seed % len(self.chat)]
+        return self.plain[seed % len(self.plain)]
 
     def plain_memory(self, state: MemoryState, seeds: list[int]) -> MemoryState:
         """`state` with a `preserve_plain_memory` share of its rows replaced by a memory written (with

@@ -126,3 +126,41 @@ def test_preserve_chat_reads_chat_exchanges(make_cfg, locomo_file):
     assert not torch.allclose(tr.preserve_kl(state, [0, 1]), chat_kl)
     with pytest.raises(ValueError, match="preserve_chat"):
         TrainConfig(**{**TINY_TRAIN, "preserve_chat": -0.1})
+
+
+def test_preserve_qa_reads_general_questions_with_the_backbones_reply(make_cfg, locomo_file):
+    """Share 1: every row is `preserve_tokens` long, holds a whole question, and continues with the frozen
+    backbone's own greedy reply; the rows change the KL; share 0 leaves the plain/chat rows as before."""
+    cfg = make_cfg(preserve=0.5, preserve_conversations=["conv-x"], locomo_path=locomo_file, preserve_tokens=24,
+                   preserve_qa=1.0)
+    tr = Trainer(cfg, progress=False)
+    assert tr.qa and all(len(r) == 24 for r in tr.qa)
+    header = tr.renderer.encode(tr.renderer._template(tr.renderer._system, generation_prompt=True)
+                                [len(tr.renderer._prefix):])
+    sys_ids = tr.renderer.system_ids
+    for row in tr.qa[:8]:
+        kept = max(k for k in range(len(sys_ids) + 1) if row[:k] == sys_ids[len(sys_ids) - k:])
+        full = sys_ids[: len(sys_ids) - kept] + row  # the row with the system prompt it was cut from
+        cut = max(i for i in range(len(full) - len(header) + 1) if full[i:i + len(header)] == header) + len(header)
+        with torch.no_grad():
+            logits = tr.model(input_ids=torch.tensor([full])).logits[0]
+        assert logits[cut - 1:-1].argmax(-1).tolist() == full[cut:]  # the reply is the backbone's greedy one
+    state = MemoryState.zeros(tr.model, 2, tr.device)
+    for t in state.tensors:
+        t.normal_()
+    qa_kl = tr.preserve_kl(state, [0, 1])
+    assert (qa_kl > 0).all()
+    assert [tr.preserve_row(s) for s in (0, 1)] == [tr.qa[0], tr.qa[1]]
+    tr.cfg.preserve_qa = 0.0
+    assert [tr.preserve_row(s) for s in (0, 1)] == [tr.plain[0], tr.plain[1 % len(tr.plain)]]
+    with pytest.raises(ValueError, match="preserve_qa"):
+        TrainConfig(**{**TINY_TRAIN, "preserve_qa": 2.0})
+
+
+def test_preserve_qa_questions_are_not_the_general_eval_set():
+    from deltamem.eval.general import QA
+    from deltamem.train.questions import QUESTIONS
+
+    asked = {q.lower() for q, _ in QA}
+    assert len(set(QUESTIONS)) == len(QUESTIONS) and not asked & {q.lower() for q in QUESTIONS}
+    assert not any("capital of" in q.lower() for q in QUESTIONS)
