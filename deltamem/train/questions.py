@@ -64,11 +64,8 @@ def qa_chunks(model, renderer, tokenizer, n_tokens: int, pad_id: int, batch: int
     out = []
     for i in tqdm(range(0, len(prompts), batch), desc="backbone replies", disable=not progress, leave=False):
         part = prompts[i:i + batch]
-        replies: list[list[int]] = [[] for _ in part]
-        for step in generate_tokens(model, part, None, cfg, set(), pad_id):  # no stop: keep the stop token
-            for r, t in enumerate(step):
-                replies[r].append(t)
-        replies = [r[: next((j + 1 for j, t in enumerate(r) if t in stop), len(r))] for r in replies]
+        steps = list(generate_tokens(model, part, None, cfg, set(), pad_id))  # no stop: keep the stop token
+        replies = [r[: next((j + 1 for j, t in enumerate(r) if t in stop), len(r))] for r in map(list, zip(*steps))]
         for p, reply in zip(part, replies):
             full = p + reply
             start = max(0, min(len(full) - n_tokens, len(sys_ids)))

@@ -135,9 +135,8 @@ def test_preserve_qa_reads_general_questions_with_the_backbones_reply(make_cfg, 
                    preserve_qa=1.0)
     tr = Trainer(cfg, progress=False)
     assert tr.qa and all(len(r) == 24 for r in tr.qa)
-    header = tr.renderer.encode(tr.renderer._template(tr.renderer._system, generation_prompt=True)
-                                [len(tr.renderer._prefix):])
     sys_ids = tr.renderer.system_ids
+    header = tr.renderer.prompt([], None)[len(sys_ids):]  # the assistant turn's opening tokens
     for row in tr.qa[:8]:
         kept = max(k for k in range(len(sys_ids) + 1) if row[:k] == sys_ids[len(sys_ids) - k:])
         full = sys_ids[: len(sys_ids) - kept] + row  # the row with the system prompt it was cut from
