@@ -55,10 +55,20 @@ PLAIN_TEXT = [  # held-out plain text for perplexity when no LoCoMo file is give
 
 
 def load_general(path: str | None = None) -> list[Conversation]:
-    """One conversation: unrelated chat as history, the QA set as items (normalised substring scoring)."""
-    history = [{"role": "user", "content": t} for t in MEMORY_TEXT]
+    """The QA set (normalised substring scoring) after unrelated chat: first the built-in chat ("general", the
+    default), then each LoCoMo conversation of `path` when it is a LoCoMo file (`--conversations conv-41`
+    asks the same questions after a whole real conversation has been written)."""
     items = [Item(f"qa{i}", QA_PROMPT.format(q), a, "qa", query=q, match="any") for i, (q, a) in enumerate(QA)]
-    return [Conversation("general", history, items)]
+    convs = [Conversation("general", [{"role": "user", "content": t} for t in MEMORY_TEXT], items)]
+    if path and os.path.exists(path):
+        from ..data.locomo import load_locomo, locomo_messages
+
+        try:
+            samples = load_locomo(path)
+        except ValueError:  # not a LoCoMo file: the built-in chat only
+            samples = []
+        convs += [Conversation(str(x["sample_id"]), locomo_messages(x, path), items) for x in samples]
+    return convs
 
 
 def plain_texts(path: str | None, conversations: tuple[str, ...] = ("conv-43", "conv-44"), turns: int = 60) -> list[str]:

@@ -75,9 +75,12 @@ def read_results(out_dir: str) -> list[dict]:
 
 
 def default_conversations(spec: EvalSpec, convs: list[Conversation]) -> list[str] | None:
-    """LoCoMo: the conversations no training recipe uses (configs/train/*.yaml `locomo_conversations`, `preserve_conversations`)."""
+    """LoCoMo: the conversations no training recipe uses (configs/train/*.yaml `locomo_conversations`,
+    `preserve_conversations`); general: its built-in unrelated chat (LoCoMo conversations when named)."""
     if spec.conversations is not None:
         return spec.conversations
+    if spec.suite == "general":
+        return ["general"]
     if spec.suite != "locomo":
         return None
     from .locomo import training_conversations

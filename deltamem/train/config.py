@@ -62,6 +62,12 @@ class TrainConfig:
     preserve_plain_memory: float = 0.0  # share of those rows read with a memory written from 4 other chunks
     preserve_chat: float = 0.0  # share of rows that are a chat-template exchange (its reply) instead of plain text
     preserve_qa: float = 0.0  # share of rows that are a general question and the frozen backbone's own reply
+    # share of rows read with a memory of a long real conversation (a snapshot of one of preserve_conversations
+    # written message by message up to long_memory_tokens, then one chat exchange written with gradients)
+    preserve_long_memory: float = 0.0
+    long_memory_tokens: int = 4096
+    long_memory_every: int = 256  # tokens between snapshots
+    long_memory_refresh: int = 0  # steps between rewrites of the snapshots with the current weights (0: once)
     seed: int = 0
     # bookkeeping
     eval_every: int = 50
@@ -98,9 +104,14 @@ class TrainConfig:
             raise ValueError(f"recipe key 'gate_supervision' must be >= 0, got {self.gate_supervision}")
         if self.gate_supervision > 0 and self.adapter.get("write_granularity", "token") != "token":
             raise ValueError("recipe key 'gate_supervision' needs token writes (adapter.write_granularity: token)")
-        for name in ("preserve_plain_memory", "preserve_chat", "preserve_qa"):
+        for name in ("preserve_plain_memory", "preserve_chat", "preserve_qa", "preserve_long_memory"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"recipe key {name!r} must be in [0, 1], got {getattr(self, name)}")
+        if not 1 <= self.long_memory_every <= self.long_memory_tokens:
+            raise ValueError(f"recipe keys 'long_memory_every' ({self.long_memory_every}) and 'long_memory_tokens' "
+                             f"({self.long_memory_tokens}) need 1 <= long_memory_every <= long_memory_tokens")
+        if self.long_memory_refresh < 0:
+            raise ValueError(f"recipe key 'long_memory_refresh' must be >= 0, got {self.long_memory_refresh}")
         if self.distill < 0:
             raise ValueError(f"recipe key 'distill' must be >= 0, got {self.distill}")
         for name in ("gate_lr_scale", "copy_lr_scale"):

@@ -83,14 +83,17 @@ class Trainer:
                 raise ValueError(f"recipe key 'preserve_conversations': no {cfg.preserve_tokens}-token chunk in "
                                  f"{cfg.preserve_conversations}")
         self.chat: list[list[int]] = []
-        if cfg.preserve > 0 and cfg.preserve_chat > 0:
+        self.long_convs: list[list[dict]] = []
+        self.bank: list[MemoryState] = []  # snapshots of long conversation memories (preserve_long_memory)
+        if cfg.preserve > 0 and (cfg.preserve_chat > 0 or cfg.preserve_long_memory > 0):
             from ..data.locomo import load_locomo, locomo_messages
 
             convs = [locomo_messages(x) for x in load_locomo(cfg.locomo_path)
                      if x["sample_id"] in cfg.preserve_conversations]
+            self.long_convs = convs if cfg.preserve_long_memory > 0 else []
             self.chat = chat_chunks(self.renderer, convs, cfg.preserve_tokens)
             if not self.chat:
-                raise ValueError(f"recipe key 'preserve_chat': no exchange of {cfg.preserve_tokens} tokens or more in "
+                raise ValueError(f"recipe key 'preserve_chat' / 'preserve_long_memory': no exchange of {cfg.preserve_tokens} tokens or more in "
                                  f"{cfg.preserve_conversations}")
         self.qa: list[list[int]] = []
         if cfg.preserve > 0 and cfg.preserve_qa > 0:
@@ -107,6 +110,8 @@ class Trainer:
         self.step = 0
         self.dropped = 0
         self.progress = progress and self.rank == 0
+        if self.long_convs:
+            self.refresh_memories()
 
     # ---- episodes -----------------------------------------------------------------------------
     def encode(self, episodes) -> list[EncodedEpisode]:
@@ -235,6 +240,8 @@ class Trainer:
         ids = torch.tensor([self.preserve_row(s) for s in seeds], device=self.device)
         if self.cfg.preserve_plain_memory > 0:
             state = self.plain_memory(state, seeds)
+        if self.bank:
+            state = self.long_memory(state, seeds)
         with torch.no_grad():
             base = self.model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
         with use_memory(self.model, state, write=False):
@@ -265,6 +272,32 @@ class Trainer:
             self.model.get_decoder()(input_ids=ids, use_cache=False)
         pick = use[:, None, None, None]
         return MemoryState([torch.where(pick, p, e) for p, e in zip(plain.tensors, state.tensors)], state.layers,
+                           state.rank, state.num_state_heads, state.fingerprint)
+
+    def refresh_memories(self) -> None:
+        """(Re)write the `preserve_long_memory` snapshots with the current weights."""
+        from .memories import conversation_memories
+
+        self.bank = [m.to(self.device) for m in conversation_memories(
+            self.model, self.tok, self.long_convs, self.cfg.long_memory_tokens, self.cfg.long_memory_every,
+            self.renderer.system_prompt, progress=self.progress)]
+        if not self.bank:
+            raise ValueError(f"recipe key 'preserve_long_memory': {self.cfg.preserve_conversations} hold fewer than "
+                             f"long_memory_every={self.cfg.long_memory_every} tokens")
+
+    def long_memory(self, state: MemoryState, seeds: list[int]) -> MemoryState:
+        """`state` with a `preserve_long_memory` share of its rows replaced by a snapshot of a long conversation
+        memory (no gradient through its writing) continued by one chat exchange written with gradients."""
+        rngs = [random.Random(stable_seed("long-memory", s)) for s in seeds]
+        use = torch.tensor([r.random() < self.cfg.preserve_long_memory for r in rngs], device=self.device)
+        if not bool(use.any()):
+            return state
+        long = MemoryState.cat([self.bank[r.randrange(len(self.bank))] for r in rngs])
+        ids = torch.tensor([self.chat[r.randrange(len(self.chat))] for r in rngs], device=self.device)
+        with use_memory(self.model, long, write=True):
+            self.model.get_decoder()(input_ids=ids, use_cache=False)
+        pick = use[:, None, None, None]
+        return MemoryState([torch.where(pick, p, e) for p, e in zip(long.tensors, state.tensors)], state.layers,
                            state.rank, state.num_state_heads, state.fingerprint)
 
     # ---- validation -----------------------------------------------------------------------------
@@ -329,8 +362,11 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         cfg = self.cfg
-        if resume and self.resume() and self.progress:
-            print(f"[deltamem] resumed at step {self.step}")
+        if resume and self.resume():
+            if self.progress:
+                print(f"[deltamem] resumed at step {self.step}")
+            if self.long_convs:
+                self.refresh_memories()  # snapshots written with the resumed weights
         os.makedirs(cfg.out_dir, exist_ok=True)
         log_path = os.path.join(cfg.out_dir, "log.jsonl")
         val = validation_set(cfg, cfg.eval_episodes, words=self.words)
@@ -342,6 +378,8 @@ class Trainer:
                 if self.progress:
                     print(f"[deltamem] --max-minutes {cfg.max_minutes} reached at step {self.step}")
                 break
+            if self.long_convs and cfg.long_memory_refresh and self.step and self.step % cfg.long_memory_refresh == 0:
+                self.refresh_memories()
             t0 = time.time()
             rec = self.train_step(self.stream.batch(self.step, cfg.batch_size))
             rec["seconds"] = time.time() - t0
