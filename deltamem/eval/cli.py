@@ -100,10 +100,10 @@ def add_parser(subparsers) -> None:
         q.add_argument("--backbone", default=None, help="backbone folder or hub id (default: embedded SmolLM2-135M)")
         q.add_argument("--data", default=None, help="data file (default: the suite's file under ../shared/data)")
         q.add_argument("--limit", type=int, default=None, help="items per conversation (round-robin over categories)")
-        q.add_argument("--conversations", default=None, help="comma-separated conversation ids "
-                                                             "(LoCoMo default: those no training recipe uses; general: its "
-                                                             "built-in chat, or a LoCoMo conversation such as conv-41 "
-                                                             "written as the history)")
+        q.add_argument("--conversations", default=None,
+                       help="comma-separated conversation ids (LoCoMo default: those no training recipe uses; "
+                            "general: its built-in chat, or a LoCoMo conversation such as conv-41 written as the "
+                            "history)")
         q.add_argument("--out", default=None, help=f"results folder (default: runs/eval/{name})")
         q.add_argument("--max-new-tokens", type=int, default=32)
         q.add_argument("--batch-size", type=int, default=8, help="questions answered together")

@@ -93,8 +93,8 @@ class Trainer:
             self.long_convs = convs if cfg.preserve_long_memory > 0 else []
             self.chat = chat_chunks(self.renderer, convs, cfg.preserve_tokens)
             if not self.chat:
-                raise ValueError(f"recipe key 'preserve_chat' / 'preserve_long_memory': no exchange of {cfg.preserve_tokens} tokens or more in "
-                                 f"{cfg.preserve_conversations}")
+                raise ValueError(f"recipe key 'preserve_chat' / 'preserve_long_memory': no exchange of "
+                                 f"{cfg.preserve_tokens} tokens or more in {cfg.preserve_conversations}")
         self.qa: list[list[int]] = []
         if cfg.preserve > 0 and cfg.preserve_qa > 0:
             from .questions import qa_chunks
