@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from deltamem import cli
+from deltamem.runtime.model_setup import SHIPPED_ADAPTER
 
 COMMANDS = ("demo", "chat", "write", "ask")
 MESSAGES = [
@@ -171,7 +172,7 @@ def test_write_then_ask_end_to_end(one_backbone_load, home, tmp_path, capsys):
                              "--window", "0"], capsys)
     assert rc == 0, err
     assert out.strip()
-    assert "adapters/smollm2-135m-tsw" in err  # the shipped adapter is the default
+    assert f"adapters/{SHIPPED_ADAPTER}" in err  # the shipped adapter is the default
     assert path.read_bytes() == before  # ask is read-only and does not re-save
     assert sorted(p.name for p in path.parent.iterdir()) == ["memory.safetensors"]
 

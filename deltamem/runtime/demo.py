@@ -6,6 +6,7 @@ import textwrap
 
 from ..adapter import MemoryState
 from .generate import kv_cache_bytes
+from .model_setup import SHIPPED_ADAPTER
 from .session import MemorySession
 
 CONVERSATION = [
@@ -58,7 +59,7 @@ def run_demo(model, tokenizer, adapter_note: str, max_new_tokens: int = 24) -> d
     print(f"the same transcript as a KV cache: {transcript_tokens} tokens -> {kv:,} bytes "
           f"({kv / state_bytes:.0f}x the memory state)")
     print("memory-only answers reach the model through the 8x8 states alone; how often the shipped adapter "
-          "recalls the right fact is measured in adapters/smollm2-135m-tsw/TRAINING.md")
+          f"recalls the right fact is measured in adapters/{SHIPPED_ADAPTER}/TRAINING.md")
     return {"rows": rows, "state_bytes": state_bytes, "kv_cache_bytes": kv, "tokens_written": written}
 
 
