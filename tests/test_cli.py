@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from deltamem import cli
-from deltamem.runtime.model_setup import SHIPPED_ADAPTER
+from deltamem.runtime.model_setup import SHIPPED_ADAPTER, shipped_adapter_dir
 
 COMMANDS = ("demo", "chat", "write", "ask")
 MESSAGES = [
@@ -155,7 +155,8 @@ def test_write_then_ask_end_to_end(one_backbone_load, home, tmp_path, capsys):
     first = json.loads(out.strip().splitlines()[-1])
     assert first["session"] == "maya" and first["messages"] == 2 and first["turns"] == 2
     assert first["tokens_written"] > 20
-    assert first["state_bytes"] == 30 * 8 * 8 * 4
+    heads = json.loads((shipped_adapter_dir() / "delta_mem_config.json").read_text())["config"]["num_state_heads"]
+    assert first["state_bytes"] == 30 * heads * 8 * 8 * 4  # float32 [H, 8, 8] per layer of the shipped adapter
 
     lc = json_file(tmp_path, [locomo_sample("conv-1"), locomo_sample("conv-2", a="Jon", b="Gina")], "lc.json")
     torch.manual_seed(1234)  # whatever the global RNG does in between, the session's adapter must be the same
