@@ -33,8 +33,9 @@ def conversation_memories(model, tokenizer, conversations: list[list[dict]], max
             session = MemorySession(model, tokenizer, system_prompt=system_prompt)
             mark = every
             for m in messages:
-                n = session.write([{k: m[k] for k in ("role", "content", "name", "timestamp") if m.get(k)}])
-                bar.update(min(n, max(0, max_tokens - session.tokens_written + n)))
+                before = session.tokens_written
+                session.write([m])  # the session keeps a message's role, content, name and timestamp
+                bar.update(min(session.tokens_written, max_tokens) - min(before, max_tokens))
                 if session.tokens_written >= mark:
                     out.append(session.state.clone())
                     mark = (session.tokens_written // every + 1) * every

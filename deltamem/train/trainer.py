@@ -270,9 +270,7 @@ class Trainer:
         plain = MemoryState.zeros(self.model, len(seeds), self.device)
         with use_memory(self.model, plain, write=True):
             self.model.get_decoder()(input_ids=ids, use_cache=False)
-        pick = use[:, None, None, None]
-        return MemoryState([torch.where(pick, p, e) for p, e in zip(plain.tensors, state.tensors)], state.layers,
-                           state.rank, state.num_state_heads, state.fingerprint)
+        return replace_rows(state, use, plain)
 
     def refresh_memories(self) -> None:
         """(Re)write the `preserve_long_memory` snapshots with the current weights."""
@@ -296,9 +294,7 @@ class Trainer:
         ids = torch.tensor([self.chat[r.randrange(len(self.chat))] for r in rngs], device=self.device)
         with use_memory(self.model, long, write=True):
             self.model.get_decoder()(input_ids=ids, use_cache=False)
-        pick = use[:, None, None, None]
-        return MemoryState([torch.where(pick, p, e) for p, e in zip(long.tensors, state.tensors)], state.layers,
-                           state.rank, state.num_state_heads, state.fingerprint)
+        return replace_rows(state, use, long)
 
     # ---- validation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -399,6 +395,13 @@ class Trainer:
         if self.rank == 0:
             save_adapter(self.model, os.path.join(cfg.out_dir, "adapter"))
         return last
+
+
+def replace_rows(state: MemoryState, use: torch.Tensor, other: MemoryState) -> MemoryState:
+    """`state` with the rows where the bool `[B]` mask `use` is set taken from `other` (gradients kept)."""
+    pick = use[:, None, None, None]
+    return MemoryState([torch.where(pick, o, e) for o, e in zip(other.tensors, state.tensors)], state.layers,
+                       state.rank, state.num_state_heads, state.fingerprint)
 
 
 def gate_supervision_loss(encoded: list[EncodedEpisode], binding) -> torch.Tensor:
