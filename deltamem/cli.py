@@ -104,27 +104,33 @@ def train(config: str, overrides: list[str] | None = None, resume: bool = False)
     (e.g. `--set steps=50 --set adapter.rank=4`). Under torchrun the same command runs data-parallel."""
     from .train import Trainer, TrainConfig, init_distributed
 
+    cfg = TrainConfig.from_yaml(config, _pairs(overrides))
+    init_distributed()
+    last = Trainer(cfg).fit(resume=resume)
+    print(json.dumps(last))
+
+
+def _pairs(overrides: list[str] | None) -> dict[str, str]:
+    """`["key=value", ...]` -> `{key: value}`, naming any item without `=`."""
     pairs = {}
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value")
         k, v = item.split("=", 1)
         pairs[k] = v
-    cfg = TrainConfig.from_yaml(config, pairs)
-    init_distributed()
-    last = Trainer(cfg).fit(resume=resume)
-    print(json.dumps(last))
+    return pairs
 
 
 def train_eval(adapter: str, recipe: str = "configs/train/smollm2-135m-tsw.yaml", episodes: int = 48, locomo: str | None = None,
-               out: str | None = None) -> None:
+               out: str | None = None, overrides: list[str] | None = None) -> None:
     """Held-out figures of a trained adapter: answer CE with the own / a mismatched / a zero memory and
     with the history in the prompt, greedy memory-only accuracy against the same controls, which of an
     attribute's candidate values each memory makes likeliest, the write gates on value tokens, and the
-    perplexity ratio on plain text (LoCoMo conversations conv-43/44, memory from conv-41) when `--locomo` is given."""
+    perplexity ratio on plain text (LoCoMo conversations conv-43/44, memory from conv-41) when `--locomo` is given.
+    `--set key=value` overrides recipe keys, e.g. `--set answer_space=true` for an adapter trained that way."""
     from .train.evaluate import main_report
 
-    print(json.dumps(main_report(adapter, recipe, episodes, locomo, out), indent=2))
+    print(json.dumps(main_report(adapter, recipe, episodes, locomo, out, _pairs(overrides)), indent=2))
 
 
 from .bench.serve import bench  # noqa: E402  (these modules import the server packages only when run)

@@ -36,6 +36,9 @@ class TrainConfig:
     recent_messages: int = 0
     max_write_tokens: int = 512
     max_read_tokens: int = 128
+    # answer tokens as the value appears inside a sentence (" pharmacist", one token) instead of at the start of
+    # the reply ("ph" "armac" "ist"): the read then emits the very tokens the write stored
+    answer_space: bool = False
     system_prompt: str | None = None
     # optimisation
     steps: int = 300

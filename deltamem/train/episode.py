@@ -41,14 +41,15 @@ def teacher_reads(encoded: list["EncodedEpisode"], system_ids: list[int], shift:
 
 
 def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_tokens: int, max_read_tokens: int,
-                   end_id: int, recent_messages: int = 0) -> EncodedEpisode | None:
+                   end_id: int, recent_messages: int = 0, answer_space: bool = False) -> EncodedEpisode | None:
     """Encode one episode; None when its answer cannot fit `max_read_tokens` (the caller counts drops).
+    `answer_space`: the answer is encoded with a leading space, as the value is written in the history.
 
     The history keeps its last messages that fit `max_write_tokens` (one pass);
     `recent_messages` of them are also shown in the read window.
     """
     history = check_messages(ep.history, where="episode history")
-    ans = renderer.encode(ep.answer) + [end_id]
+    ans = renderer.encode(" " * answer_space + ep.answer) + [end_id]
     while True:
         passes, _ = plan_writes(renderer, [], history, segment_tokens=max_write_tokens, context_tokens=0,
                                 granularity=granularity)

@@ -122,7 +122,7 @@ def choice_accuracy(tr: Trainer, episodes, candidates, batch: int = 8) -> dict:
         for j, (_, e) in enumerate(part):
             cands, gold = candidates(part, j)
             prompt = e.read_ids[:e.answer_start]
-            reads = collate_reads([(prompt + tr.renderer.encode(c) + [tr.end_id], len(prompt)) for c in cands],
+            reads = collate_reads([(prompt + tr.renderer.encode(" " * tr.cfg.answer_space + c) + [tr.end_id], len(prompt)) for c in cands],
                                   tr.pad_id)
             for name, st in states.items():
                 hits[name] += int(answer_ce(tr.model, reads, st.rows([j] * len(cands))).argmin()) == gold
@@ -293,11 +293,12 @@ def _unseen_seed(cfg, n, words=()):
     return validation_set(replace(cfg, seed=cfg.seed + 7919), n, split="train", words=words)
 
 
-def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str | None) -> dict:
+def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str | None,
+                overrides: dict | None = None) -> dict:
     from .config import TrainConfig
 
     # the recipe gives the episode sets; the adapter is evaluated under its own saved config
-    cfg = replace(TrainConfig.from_yaml(recipe, {"init_adapter": adapter}), adapter={})
+    cfg = replace(TrainConfig.from_yaml(recipe, {**(overrides or {}), "init_adapter": adapter}), adapter={})
     tr = Trainer(cfg, progress=False)
     plain = mem = None
     if locomo:

@@ -118,7 +118,7 @@ class Trainer:
         out = []
         for ep in episodes:
             enc = encode_episode(self.renderer, ep, self.dm.config.write_granularity, self.cfg.max_write_tokens,
-                                 self.cfg.max_read_tokens, self.end_id, self.cfg.recent_messages)
+                                 self.cfg.max_read_tokens, self.end_id, self.cfg.recent_messages, self.cfg.answer_space)
             if enc is None:
                 self.dropped += 1
             else:

@@ -48,6 +48,20 @@ def test_read_ids_hold_prompt_then_answer_and_end(renderer):
     assert wm == [False] * len(renderer.system_ids) + [True] * len(new)
 
 
+def test_answer_space_reads_the_tokens_the_history_wrote(renderer):
+    """With `answer_space` the answer is the value's in-sentence tokens, exactly as the write pass holds them."""
+    ep = Episode([{"role": "user", "name": "Maya", "content": "I work as a pharmacist these days."}],
+                 "What is Maya's job?", "pharmacist")
+    plain = encode_episode(renderer, ep, "token", 256, 96, EOS)
+    spaced = encode_episode(renderer, ep, "token", 256, 96, EOS, answer_space=True)
+    value = renderer.encode(" pharmacist")
+    assert spaced.read_ids[spaced.answer_start:] == value + [EOS]
+    assert plain.read_ids[plain.answer_start:] == renderer.encode("pharmacist") + [EOS]
+    written = spaced.write.input_ids[0][spaced.value].tolist()  # the history's value tokens
+    assert written == value
+    assert spaced.read_ids[:spaced.answer_start] == plain.read_ids[:plain.answer_start]
+
+
 def test_recent_messages_enter_the_read_window(renderer):
     ep = _ep(4)
     enc = encode_episode(renderer, ep, "token", 256, 200, EOS, recent_messages=2)

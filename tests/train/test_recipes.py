@@ -68,6 +68,8 @@ def test_unknown_adapter_key_is_named(tmp_path):
     ({"batch_size": 6, "grad_accum": 4}, "batch_size"),
     ({"device": "gpu"}, "device"),
     ({"device": "cuda:x"}, "device"),
+    ({"answer_space": "sometimes"}, "answer_space"),
+    ({"answer_space": 1}, "answer_space"),
 ])
 def test_wrong_value_is_named(tmp_path, data, key):
     with pytest.raises(ValueError, match=key):

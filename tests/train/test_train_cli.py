@@ -55,3 +55,11 @@ def test_bad_override_exits_2(tmp_path, bad, capsys):
 
 def test_missing_recipe_exits_2(tmp_path):
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+
+
+@pytest.mark.parametrize("bad", ["answer_space", "bogus_key=1", "answer_space=maybe"])
+def test_train_eval_bad_override_exits_2(tmp_path, bad, capsys):
+    """`train-eval --set` takes the same overrides as `train`; a bad one is named before any model loads."""
+    assert main(["train-eval", str(tmp_path / "adapter"), "--recipe", RECIPE, "--set", bad]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and bad.split("=")[0] in err
