@@ -150,14 +150,22 @@ class TextDecoder:
 
 
 def stream_text(tokenizer, token_stream: Iterator[list[int | None]]) -> Iterator[str]:
-    """Turn a single-row token stream into text pieces (whole characters only)."""
+    """Turn a single-row token stream into text pieces (whole characters only). A reply starts at its
+    first visible character: a memory recalls a value as written inside a sentence (" Mochi"), so the
+    first token may carry the space that preceded it there."""
     dec = TextDecoder(tokenizer)
+    started = False
     for step in token_stream:
         if step[0] is None:
             break
-        if piece := dec.push(step[0]):
+        piece = dec.push(step[0])
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        if piece:
             yield piece
-    if piece := dec.finish():
+    piece = dec.finish()
+    if piece := (piece if started else piece.lstrip()):
         yield piece
 
 

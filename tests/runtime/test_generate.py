@@ -67,11 +67,12 @@ def test_streaming_pieces_join_to_ask(sess, tokenizer):
     assert len(pieces) > 1
     assert "".join(pieces).strip() == sess.ask("Who plays the violin?", max_new_tokens=12)
     tokens = [s[0] for s in run(sess, "Who plays the violin?", max_new_tokens=12) if s[0] is not None]
-    assert "".join(pieces) == tokenizer.decode(tokens, skip_special_tokens=True)
+    assert "".join(pieces) == tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
 
 
 def test_stream_text_matches_decode_on_random_ids(tokenizer):
-    """Pieces always join to the full decode, including byte tokens that form or break multi-byte characters."""
+    """Pieces always join to the full decode without its leading whitespace, including byte tokens that form or
+    break multi-byte characters."""
     byte_ids = [i for i in range(3, 400) if "\ufffd" in tokenizer.decode([i])]
     assert byte_ids, "expected byte-level tokens that decode to an incomplete character"
     utf8 = tokenizer.encode("é中🐱 ok", add_special_tokens=False)
@@ -82,9 +83,19 @@ def test_stream_text_matches_decode_on_random_ids(tokenizer):
         ids = pool[torch.randint(len(pool), (n,), generator=g)].tolist()
         ids = [i for i in ids if i != EOS]
         joined = "".join(stream_text(tokenizer, iter([[i] for i in ids] + [[None]])))
-        assert joined == tokenizer.decode(ids, skip_special_tokens=True), ids
+        assert joined == tokenizer.decode(ids, skip_special_tokens=True).lstrip(), ids
     # a stream ends at the first None
     assert "".join(stream_text(tokenizer, iter([[utf8[0]], [None], [utf8[1]]]))) == tokenizer.decode(utf8[:1])
+
+
+def test_stream_text_drops_the_replys_leading_space(tokenizer):
+    """A reply whose first token is a space-prefixed word (a value recalled as written in a sentence) starts
+    at the word; spaces inside the reply stay."""
+    ids = tokenizer.encode(" Mochi is her cat", add_special_tokens=False)
+    pieces = list(stream_text(tokenizer, iter([[i] for i in ids] + [[None]])))
+    assert "".join(pieces) == "Mochi is her cat" and not pieces[0].startswith(" ")
+    space = tokenizer.encode(" ", add_special_tokens=False)
+    assert "".join(stream_text(tokenizer, iter([[i] for i in space] + [[None]]))) == ""
 
 
 def test_sampling_is_reproducible_with_a_seed(sess):
