@@ -122,7 +122,8 @@ def choice_accuracy(tr: Trainer, episodes, candidates, batch: int = 8) -> dict:
         for j, (_, e) in enumerate(part):
             cands, gold = candidates(part, j)
             prompt = e.read_ids[:e.answer_start]
-            reads = collate_reads([(prompt + tr.renderer.encode(" " * tr.cfg.answer_space + c) + [tr.end_id], len(prompt)) for c in cands],
+            space = " " * tr.cfg.answer_space  # candidates encoded as the trainer encodes answers
+            reads = collate_reads([(prompt + tr.renderer.encode(space + c) + [tr.end_id], len(prompt)) for c in cands],
                                   tr.pad_id)
             for name, st in states.items():
                 hits[name] += int(answer_ce(tr.model, reads, st.rows([j] * len(cands))).argmin()) == gold
