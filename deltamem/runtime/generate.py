@@ -154,19 +154,21 @@ def stream_text(tokenizer, token_stream: Iterator[list[int | None]]) -> Iterator
     first visible character: a memory recalls a value as written inside a sentence (" Mochi"), so the
     first token may carry the space that preceded it there."""
     dec = TextDecoder(tokenizer)
+
+    def pieces() -> Iterator[str]:
+        for step in token_stream:
+            if step[0] is None:
+                break
+            yield dec.push(step[0])
+        yield dec.finish()
+
     started = False
-    for step in token_stream:
-        if step[0] is None:
-            break
-        piece = dec.push(step[0])
+    for piece in pieces():
         if not started:
             piece = piece.lstrip()
             started = bool(piece)
         if piece:
             yield piece
-    piece = dec.finish()
-    if piece := (piece if started else piece.lstrip()):
-        yield piece
 
 
 def kv_cache_bytes(model, tokens: int, bytes_per_value: int | None = None) -> int:

@@ -49,7 +49,7 @@ def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_
     `recent_messages` of them are also shown in the read window.
     """
     history = check_messages(ep.history, where="episode history")
-    ans = renderer.encode(" " * answer_space + ep.answer) + [end_id]
+    ans = answer_ids(renderer, ep.answer, answer_space) + [end_id]
     while True:
         passes, _ = plan_writes(renderer, [], history, segment_tokens=max_write_tokens, context_tokens=0,
                                 granularity=granularity)
@@ -71,6 +71,11 @@ def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_
     q = renderer.prompt([], ep.question)[sys_n:]
     return EncodedEpisode(passes[0], prompt + ans, len(prompt), full_prompt + ans, len(full_prompt), value,
                           full_prompt[sys_n:len(full_prompt) - len(q)], q, ans)
+
+
+def answer_ids(renderer: Renderer, answer: str, space: bool = False) -> list[int]:
+    """An answer's tokens; `space`: as the value is written inside a sentence (" pharmacist")."""
+    return renderer.encode(" " * space + answer)
 
 
 def value_mask(write_ids: list[int], value_ids: list[int]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ..adapter import MemoryState, use_memory
 from ..runtime.generate import GenerationConfig, generate_tokens, stop_ids
 from ..data.locomo import locomo_plain_texts
 from .data import validation_set
-from .episode import answer_ce, collate_reads, value_mask
+from .episode import answer_ce, answer_ids, collate_reads, value_mask
 from .sources import FACTS, synthetic_chats
 from .trainer import Trainer, mean_ces
 
@@ -122,9 +122,8 @@ def choice_accuracy(tr: Trainer, episodes, candidates, batch: int = 8) -> dict:
         for j, (_, e) in enumerate(part):
             cands, gold = candidates(part, j)
             prompt = e.read_ids[:e.answer_start]
-            space = " " * tr.cfg.answer_space  # candidates encoded as the trainer encodes answers
-            reads = collate_reads([(prompt + tr.renderer.encode(space + c) + [tr.end_id], len(prompt)) for c in cands],
-                                  tr.pad_id)
+            reads = collate_reads([(prompt + answer_ids(tr.renderer, c, tr.cfg.answer_space) + [tr.end_id], len(prompt))
+                                   for c in cands], tr.pad_id)
             for name, st in states.items():
                 hits[name] += int(answer_ce(tr.model, reads, st.rows([j] * len(cands))).argmin()) == gold
             chance += 1 / len(cands)
