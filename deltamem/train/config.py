@@ -29,6 +29,7 @@ class TrainConfig:
     novel_values: float = 0.0  # share of synthetic/update values that are made-up words (must be copied)
     vocab_values: float = 0.0  # share that are real words from the backbone's vocabulary (held-out values removed)
     blend_values: float = 0.0  # share of the rest spliced from two such words (multi-token, real spelling)
+    class_values: float = 0.0  # share taken first from vocabulary words near the attribute's own pool ("dietitian")
     generic_templates: float = 0.0  # share of statements/questions from attribute-generic phrasings
     varied_templates: float = 0.0  # share of those from the wider pool (more frames, synonym nouns)
     locomo_path: str | None = None
@@ -120,7 +121,8 @@ class TrainConfig:
         for name in ("gate_lr_scale", "copy_lr_scale"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"recipe key {name!r} must be > 0, got {getattr(self, name)}")
-        for name in ("novel_values", "vocab_values", "blend_values", "generic_templates", "varied_templates"):
+        for name in ("novel_values", "vocab_values", "blend_values", "class_values", "generic_templates",
+                     "varied_templates"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"recipe key {name!r} must be in [0, 1], got {getattr(self, name)}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):

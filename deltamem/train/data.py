@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from .config import TrainConfig
-from .sources import BANNED, Episode, fact_updates, key_value, locomo_episodes, synthetic_chats
+from .sources import BANNED, CAPITALISED, FACTS, Episode, fact_updates, key_value, locomo_episodes, synthetic_chats
 
 
 def filler_range(cfg: TrainConfig, step: int) -> tuple[int, int]:
@@ -21,12 +21,15 @@ def filler_range(cfg: TrainConfig, step: int) -> tuple[int, int]:
 class EpisodeStream:
     """`batch(step)` returns the same episodes for the same (seed, step), so runs resume exactly."""
 
-    def __init__(self, cfg: TrainConfig, words: tuple[str, ...] = ()):
+    def __init__(self, cfg: TrainConfig, words: tuple[str, ...] = (), kin_words: dict | None = None):
         for key in ("vocab_values", "blend_values"):
             if getattr(cfg, key) > 0 and len(words) < 3:
                 raise ValueError(f"recipe key {key!r} > 0 needs a word list: build the stream with "
                                  "vocabulary_words(tokenizer)")
-        self.cfg, self.words = cfg, words
+        if cfg.class_values > 0 and not kin_words:
+            raise ValueError("recipe key 'class_values' > 0 needs class words: build the stream with "
+                             "class_words(model, tokenizer)")
+        self.cfg, self.words, self.kin_words = cfg, words, kin_words or {}
         names = sorted(cfg.sources)
         self.names = [n for n in names if cfg.sources[n] > 0]
         self.weights = [cfg.sources[n] for n in self.names]
@@ -54,7 +57,8 @@ class EpisodeStream:
             return {}
         c = self.cfg
         return {"novel": c.novel_values, "vocab": c.vocab_values, "words": self.words, "generic": c.generic_templates,
-                "varied": c.varied_templates, "blend": c.blend_values}
+                "varied": c.varied_templates, "blend": c.blend_values, "kin": c.class_values,
+                "kin_words": self.kin_words}
 
     def batch(self, step: int, n: int) -> list[Episode]:
         fillers = filler_range(self.cfg, step)
@@ -84,10 +88,11 @@ def chat_chunks(renderer, conversations: list[list[dict]], n_tokens: int) -> lis
     return out
 
 
-def validation_set(cfg: TrainConfig, n: int, split: str = "train", words: tuple[str, ...] = ()) -> list[Episode]:
+def validation_set(cfg: TrainConfig, n: int, split: str = "train", words: tuple[str, ...] = (),
+                   kin_words: dict | None = None) -> list[Episode]:
     """Episodes from the training distribution (final filler range) under a seed training never uses;
     `split="heldout"` uses unseen names, values and templates instead."""
-    stream = EpisodeStream(cfg, words)
+    stream = EpisodeStream(cfg, words, kin_words)
     return [stream.episode(stable_seed("validation", split, cfg.seed, i), tuple(cfg.filler_turns), split)
             for i in range(n)]
 
@@ -107,3 +112,36 @@ def vocabulary_words(tokenizer, min_len: int = 4, max_len: int = 10) -> tuple[st
         if text[:1] == " " and w.isascii() and w.isalpha() and min_len <= len(w) <= max_len and w.lower() not in BANNED:
             words.add(w.lower())
     return tuple(sorted(words))
+
+
+def class_words(model, tokenizer, k: int = 40) -> dict[str, tuple[str, ...]]:
+    """For each fact attribute, the `k` real words nearest its training pool in the backbone's input
+    embedding space ("dietitian", "surgeon" for a job): one space-prefixed token each, cased like the
+    attribute's values, neither a pool value nor a held-out value or name, nor a word sharing a held-out
+    value's stem ("pharmacists"), so the held-out split stays unseen."""
+    import torch
+
+    emb = model.get_input_embeddings().weight.detach().float()
+    emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    pools = {v.lower() for attr in FACTS.values() for v in attr[0]}
+    stems = [b for b in BANNED if len(b) >= 4]
+    cands: dict[int, str] = {}
+    for token, i in tokenizer.get_vocab().items():
+        text = tokenizer.convert_tokens_to_string([token])
+        w = text[1:]
+        low = w.lower()
+        if text[:1] != " " or not (w.isascii() and w.isalpha() and 4 <= len(w) <= 12) or low in pools \
+                or low in BANNED or any(low.startswith(b) or b.startswith(low) for b in stems):
+            continue
+        cands[i] = w
+    ids = torch.tensor(sorted(cands))
+    out = {}
+    for attr, (pool, *_) in FACTS.items():
+        own = [t[0] for t in (tokenizer.encode(" " + v, add_special_tokens=False) for v in pool) if len(t) == 1]
+        if not own:
+            raise ValueError(f"no value of {attr!r} is one token: cannot place its class")
+        sims = emb[ids] @ emb[own].mean(0)
+        cased = torch.tensor([cands[int(i)][0].isupper() == (attr in CAPITALISED) for i in ids])
+        top = sims.masked_fill(~cased, float("-inf")).topk(min(k, int(cased.sum()))).indices
+        out[attr] = tuple(cands[int(ids[j])] for j in top)
+    return out

@@ -247,7 +247,8 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
     cfg = tr.cfg
     report = {}
     for split in ("heldout", "train"):
-        eps = validation_set(cfg, n, split=split, words=tr.words) if split == "heldout" else _unseen_seed(cfg, n, tr.words)
+        eps = validation_set(cfg, n, split="heldout", words=tr.words, kin_words=tr.kin_words) if split == "heldout" \
+            else _unseen_seed(cfg, n, tr.words, tr.kin_words)
         rows = tr.validate_rows(eps)
         report[split] = {"ce": mean_ces([c for _, c in rows]), "ce_by_answer": ce_by_answer(tr, eps, rows=rows),
                          "candidates": candidate_choice(tr, eps, split), "gates": gate_profile(tr, eps),
@@ -289,8 +290,8 @@ def training_templates(episodes, seed: int = 0) -> list:
     return out
 
 
-def _unseen_seed(cfg, n, words=()):
-    return validation_set(replace(cfg, seed=cfg.seed + 7919), n, split="train", words=words)
+def _unseen_seed(cfg, n, words=(), kin_words=None):
+    return validation_set(replace(cfg, seed=cfg.seed + 7919), n, split="train", words=words, kin_words=kin_words)
 
 
 def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str | None,

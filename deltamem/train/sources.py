@@ -10,7 +10,9 @@
   values removed), so that copying is learnt on values as varied as real ones; `blend`: the share
   of the rest that splice two such words ("harbor" + "lantern" -> "harbtern"), values of several
   tokens with real spelling, since held-out values are mostly 2-4 tokens and single-token words
-  teach only one-token copies;
+  teach only one-token copies; `kin`: the share drawn first from `kin_words[attribute]`, real words
+  of the attribute's own class ("dietitian" for a job), which the class's likeliest word does not
+  answer, so only the value itself does;
 * `generic` (training split only): the share of statements and questions taken from
   attribute-generic templates, so that one phrasing does not stand for one attribute;
   `varied`: the share of those drawn from a wider pool (more frames, synonyms for each
@@ -22,7 +24,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 NAMES = {
@@ -208,10 +210,14 @@ def blend_word(rng: random.Random, words: Sequence[str]) -> str:
 
 
 def _values(rng: random.Random, attr: str, h: int, novel: float, k: int = 1, vocab: float = 0.0,
-            words: Sequence[str] = (), blend: float = 0.0) -> list[str]:
-    """`k` distinct values for `attr`: from the split's pool, with probability `vocab` real words from
-    `words`, else with probability `blend` spliced words, else with probability `novel` made up."""
+            words: Sequence[str] = (), blend: float = 0.0, kin: float = 0.0,
+            kin_words: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """`k` distinct values for `attr`: with probability `kin` words of its class from `kin_words`, else
+    with probability `vocab` real words from `words`, else with probability `blend` spliced words, else with
+    probability `novel` made up, else from the split's pool."""
     cap = attr in CAPITALISED
+    if kin > 0 and rng.random() < kin:
+        return rng.sample(kin_words[attr], k)
     if vocab > 0 and rng.random() < vocab:
         return [w.capitalize() if cap else w for w in rng.sample(words, k)]
     if blend > 0 and rng.random() < blend:
@@ -251,21 +257,22 @@ def _date(rng: random.Random) -> str:
 def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: tuple[int, int] = (1, 3),
                     filler_turns: tuple[int, int] = (0, 6), novel: float = 0.0, vocab: float = 0.0,
                     words: Sequence[str] = (), generic: float = 0.0, varied: float = 0.0,
-                    blend: float = 0.0) -> list[Episode]:
+                    blend: float = 0.0, kin: float = 0.0,
+                    kin_words: Mapping[str, Sequence[str]] | None = None) -> list[Episode]:
     """`n` chats, each stating 1-3 facts about one person among filler turn pairs; one question each.
 
     `split="train"` draws names, values and templates from the training pools,
     `"heldout"` from disjoint ones (unseen values, statements and questions).
     """
-    _check_split(split, novel, vocab, words, generic, varied, blend)
+    _check_split(split, novel, vocab, words, generic, varied, blend, kin, kin_words)
     rng = random.Random(seed)
     h = 0 if split == "train" else 1
     out = []
     for _ in range(n):
         name = rng.choice(NAMES[split])
         kinds = rng.sample(sorted(FACTS), rng.randint(*facts_per_episode))
-        chosen = {k: _values(rng, k, h, novel, 1, vocab, words, blend)[0] if novel or vocab or blend
-                  else rng.choice(FACTS[k][h])
+        chosen = {k: _values(rng, k, h, novel, 1, vocab, words, blend, kin, kin_words)[0]
+                  if novel or vocab or blend or kin else rng.choice(FACTS[k][h])
                   for k in kinds}
         turns = [[*_filler(rng, name, "")] for _ in range(rng.randint(*filler_turns))]
         for k in kinds:
@@ -287,16 +294,17 @@ def synthetic_chats(n: int, seed: int, split: str = "train", facts_per_episode: 
 
 def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[int, int] = (0, 4),
                  novel: float = 0.0, vocab: float = 0.0, words: Sequence[str] = (),
-                 generic: float = 0.0, varied: float = 0.0, blend: float = 0.0) -> list[Episode]:
+                 generic: float = 0.0, varied: float = 0.0, blend: float = 0.0, kin: float = 0.0,
+                 kin_words: Mapping[str, Sequence[str]] | None = None) -> list[Episode]:
     """A fact, filler, then the same fact with a new value; the answer is the latest value."""
-    _check_split(split, novel, vocab, words, generic, varied, blend)
+    _check_split(split, novel, vocab, words, generic, varied, blend, kin, kin_words)
     rng = random.Random(seed + 1_000_003)
     h = 0 if split == "train" else 1
     out = []
     for _ in range(n):
         name = rng.choice(NAMES[split])
         k = rng.choice(sorted(FACTS))
-        old, new = _values(rng, k, h, novel, 2, vocab, words, blend)
+        old, new = _values(rng, k, h, novel, 2, vocab, words, blend, kin, kin_words)
         date = _date(rng)
         first = _phrase(rng, k, h, 2, generic, varied, v=old)
         history = [{"role": "user", "name": name, "timestamp": date, "content": first},
@@ -312,16 +320,20 @@ def fact_updates(n: int, seed: int, split: str = "train", filler_turns: tuple[in
 
 
 def _check_split(split: str, novel: float, vocab: float = 0.0, words: Sequence[str] = (), generic: float = 0.0,
-                 varied: float = 0.0, blend: float = 0.0) -> None:
+                 varied: float = 0.0, blend: float = 0.0, kin: float = 0.0,
+                 kin_words: Mapping[str, Sequence[str]] | None = None) -> None:
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     for name, share in (("novel", novel), ("vocab", vocab), ("generic", generic), ("varied", varied),
-                        ("blend", blend)):
+                        ("blend", blend), ("kin", kin)):
         if not 0.0 <= share <= 1.0 or (share and split != "train"):
             raise ValueError(f"{name} must be in [0, 1] and only used with split='train', got {share!r} for {split!r}")
     for name, share in (("vocab", vocab), ("blend", blend)):
         if share and len(words) < 3:
             raise ValueError(f"{name}={share} needs a list of at least 3 words, got {len(words)}")
+    short = sorted(a for a in FACTS if len((kin_words or {}).get(a, ())) < 2)
+    if kin and short:
+        raise ValueError(f"kin={kin} needs at least 2 class words for every attribute; too few for {short}")
 
 
 def key_value(n: int, seed: int, pairs: tuple[int, int] = (1, 4), noise_turns: tuple[int, int] = (0, 4)) -> list[Episode]:

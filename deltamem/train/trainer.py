@@ -31,7 +31,8 @@ from ..runtime.render import Renderer
 from ..runtime.session import DEFAULT_SYSTEM_PROMPT
 from ..runtime.writer import run_write
 from .config import TrainConfig
-from .data import EpisodeStream, chat_chunks, plain_text_chunks, stable_seed, validation_set, vocabulary_words
+from .data import (EpisodeStream, chat_chunks, class_words, plain_text_chunks, stable_seed, validation_set,
+                   vocabulary_words)
 from .episode import EncodedEpisode, answer_ce, answer_pass, collate_reads, distill_loss, encode_episode, \
     teacher_reads
 
@@ -72,7 +73,8 @@ class Trainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.end_id = tokenizer.eos_token_id
         self.words = vocabulary_words(tokenizer) if cfg.vocab_values > 0 or cfg.blend_values > 0 else ()
-        self.stream = EpisodeStream(cfg, self.words)
+        self.kin_words = class_words(model, tokenizer) if cfg.class_values > 0 else {}
+        self.stream = EpisodeStream(cfg, self.words, self.kin_words)
         self.plain: list[list[int]] = []
         if cfg.preserve > 0:
             from ..data.locomo import locomo_plain_texts
@@ -365,7 +367,7 @@ class Trainer:
                 self.refresh_memories()  # snapshots written with the resumed weights
         os.makedirs(cfg.out_dir, exist_ok=True)
         log_path = os.path.join(cfg.out_dir, "log.jsonl")
-        val = validation_set(cfg, cfg.eval_episodes, words=self.words)
+        val = validation_set(cfg, cfg.eval_episodes, words=self.words, kin_words=self.kin_words)
         start = time.time()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress)
         last = {}

@@ -131,3 +131,60 @@ def test_blend_values_splice_two_words_and_stay_out_of_the_heldout_split():
         fact_updates(2, 6, blend=0.5)
     with pytest.raises(ValueError, match="blend_values"):
         EpisodeStream(TrainConfig(sources={"synthetic": 1.0}, blend_values=0.5))
+
+
+KIN = {attr: (f"{attr}word", f"{attr}kin", f"{attr}like") for attr in FACTS}
+
+
+def test_class_values_come_from_the_attributes_own_words_and_are_answered():
+    eps = synthetic_chats(40, 7, kin=1.0, kin_words=KIN, filler_turns=(0, 2))
+    for ep in eps:
+        assert ep.answer in KIN[ep.meta["attribute"]]
+        assert any(ep.answer in m["content"] for m in ep.history if m["role"] == "user")
+    for ep in fact_updates(30, 7, kin=1.0, kin_words=KIN):
+        assert {ep.answer, ep.meta["old"]} <= set(KIN[ep.meta["attribute"]]) and ep.answer != ep.meta["old"]
+    assert synthetic_chats(20, 7, words=WORDS) == synthetic_chats(20, 7, kin=0.0, words=WORDS)
+    mixed = synthetic_chats(300, 7, kin=0.5, kin_words=KIN)  # the rest: the split's pool
+    kin = sum(ep.answer in KIN[ep.meta["attribute"]] for ep in mixed)
+    assert 110 < kin < 190 and kin + sum(ep.answer in POOLS for ep in mixed) == 300
+
+
+def test_class_values_are_refused_without_words_or_on_the_heldout_split():
+    with pytest.raises(ValueError, match="only used with split='train'"):
+        synthetic_chats(1, 0, "heldout", kin=0.5, kin_words=KIN)
+    with pytest.raises(ValueError, match=r"class words for every attribute; too few for \['car'"):
+        fact_updates(1, 0, kin=0.5, kin_words={**KIN, "car": ("Zed",)})
+    with pytest.raises(ValueError, match="class_values"):
+        EpisodeStream(TrainConfig(sources={"synthetic": 1.0}, class_values=0.5))
+    with pytest.raises(ValueError, match="class_values"):
+        TrainConfig(class_values=-0.1)
+
+
+def test_class_words_are_real_words_near_each_pool_and_never_heldout():
+    from deltamem.runtime.backbone import load_backbone
+    from deltamem.train.data import class_words
+    from deltamem.train.sources import BANNED, CAPITALISED
+
+    model, tok = load_backbone(progress=False)
+    kin = class_words(model, tok, k=30)
+    pools = {v.lower() for attr in FACTS.values() for v in attr[0]}
+    for attr, words in kin.items():
+        assert len(words) == 30 and len(set(words)) == 30
+        for w in words:
+            assert len(tok.encode(" " + w, add_special_tokens=False)) == 1 and w.isalpha()
+            assert w[0].isupper() == (attr in CAPITALISED)
+            assert w.lower() not in BANNED | pools
+            assert not any(w.lower().startswith(b) or b.startswith(w.lower()) for b in BANNED if len(b) >= 4)
+    # near the pool in the backbone's embedding space: other jobs, other sports, other colours
+    assert len({"surgeon", "therapist", "accountant", "gardener", "veterinarian"} & set(kin["job"])) >= 3
+    assert len({"basketball", "soccer", "skiing", "bowling", "gymnastics"} & set(kin["sport"])) >= 3
+    assert len({"brown", "violet", "grey", "gray", "indigo", "scarlet"} & set(kin["color"])) >= 3
+
+
+def test_trainer_builds_class_words_when_the_recipe_asks(tiny_dir):
+    cfg = TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "class_values": 1.0, "sources": {"synthetic": 1.0}})
+    tr = Trainer(cfg, progress=False)
+    assert set(tr.kin_words) == set(FACTS) and all(len(w) == 40 for w in tr.kin_words.values())
+    batch = tr.stream.batch(0, 4)
+    assert all(ep.answer in tr.kin_words[ep.meta["attribute"]] for ep in batch)
+    assert tr.train_step(batch)["ce"] > 0
