@@ -258,11 +258,19 @@ def heldout_report(tr: Trainer, n: int = 48, plain_texts: list[str] | None = Non
             rows = tr.validate_rows(swapped)
             report["heldout_values_training_templates"] = {"ce": mean_ces([c for _, c in rows]),
                                                            **greedy_accuracy(tr, swapped)}
+    report["heldout_one_fact"] = one_fact_greedy(tr, n)
     report["made_up_probe"] = made_up_probe(tr)
     report["made_up_choice"] = made_up_choice(tr)
     if plain_texts and memory_text:
         report["perplexity"] = perplexity_ratio(tr, plain_texts, memory_text)
     return report
+
+
+def one_fact_greedy(tr: Trainer, n: int = 48) -> dict:
+    """Greedy answers on held-out chats that state ONE fact and nothing else (unseen templates and values):
+    exact recall where nothing competes in the state, which the filler sets hide when it is rare."""
+    cfg = replace(tr.cfg, sources={"synthetic": 1.0}, facts_per_episode=[1, 1], filler_turns=[0, 0])
+    return greedy_accuracy(tr, validation_set(cfg, n, split="heldout", words=tr.words, kin_words=tr.kin_words))
 
 
 def training_templates(episodes, seed: int = 0) -> list:

@@ -172,6 +172,18 @@ def test_heldout_report_under_a_recipe_with_vocabulary_values(tiny_dir, tmp_path
     assert set(rep["made_up_probe"]) == {"0", "1", "3", "6"}
     assert set(rep["made_up_choice"]) == {"own", "mismatched", "zero", "chance", "episodes"}
     assert {"ce", "accuracy"} <= set(rep["heldout_values_training_templates"])
+    assert {"accuracy", "first_token", "samples"} <= set(rep["heldout_one_fact"])
+
+
+def test_one_fact_greedy_answers_heldout_values(trainer):
+    from deltamem.train.evaluate import one_fact_greedy
+    from deltamem.train.sources import FACTS
+
+    out = one_fact_greedy(trainer, n=4)
+    assert out["accuracy"]["episodes"] == 4
+    heldout = {v for attr in FACTS.values() for v in attr[1]}
+    for s in out["samples"]:
+        assert s["answer"] in heldout
 
 
 def test_training_templates_restate_heldout_values_in_seen_phrasings():
