@@ -102,16 +102,19 @@ def stable_seed(*key) -> int:
     return random.Random(repr(key)).randrange(2**31)
 
 
-def vocabulary_words(tokenizer, min_len: int = 4, max_len: int = 10) -> tuple[str, ...]:
-    """Lower-case real words that the tokenizer holds as one space-prefixed token ("Ġharbor"), sorted,
-    with every held-out value and name removed (training on them would leak the held-out split)."""
-    words = set()
-    for token in tokenizer.get_vocab():
+def _word_tokens(tokenizer, min_len: int, max_len: int):
+    """`(id, word)` for every token that is one space-prefixed real word ("Ġharbor") of `min_len`-`max_len`
+    letters, held-out values and names removed (training on them would leak the held-out split)."""
+    for token, i in tokenizer.get_vocab().items():
         text = tokenizer.convert_tokens_to_string([token])
         w = text[1:]
         if text[:1] == " " and w.isascii() and w.isalpha() and min_len <= len(w) <= max_len and w.lower() not in BANNED:
-            words.add(w.lower())
-    return tuple(sorted(words))
+            yield i, w
+
+
+def vocabulary_words(tokenizer, min_len: int = 4, max_len: int = 10) -> tuple[str, ...]:
+    """Lower-case real words that the tokenizer holds as one space-prefixed token, sorted, no held-out one."""
+    return tuple(sorted({w.lower() for _, w in _word_tokens(tokenizer, min_len, max_len)}))
 
 
 def class_words(model, tokenizer, k: int = 40) -> dict[str, tuple[str, ...]]:
@@ -125,23 +128,16 @@ def class_words(model, tokenizer, k: int = 40) -> dict[str, tuple[str, ...]]:
     emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     pools = {v.lower() for attr in FACTS.values() for v in attr[0]}
     stems = [b for b in BANNED if len(b) >= 4]
-    cands: dict[int, str] = {}
-    for token, i in tokenizer.get_vocab().items():
-        text = tokenizer.convert_tokens_to_string([token])
-        w = text[1:]
-        low = w.lower()
-        if text[:1] != " " or not (w.isascii() and w.isalpha() and 4 <= len(w) <= 12) or low in pools \
-                or low in BANNED or any(low.startswith(b) or b.startswith(low) for b in stems):
-            continue
-        cands[i] = w
+    cands = {i: w for i, w in _word_tokens(tokenizer, 4, 12)
+             if w.lower() not in pools and not any(w.lower().startswith(b) or b.startswith(w.lower()) for b in stems)}
     ids = torch.tensor(sorted(cands))
+    upper = torch.tensor([cands[int(i)][0].isupper() for i in ids])
     out = {}
     for attr, (pool, *_) in FACTS.items():
         own = [t[0] for t in (tokenizer.encode(" " + v, add_special_tokens=False) for v in pool) if len(t) == 1]
         if not own:
             raise ValueError(f"no value of {attr!r} is one token: cannot place its class")
-        sims = emb[ids] @ emb[own].mean(0)
-        cased = torch.tensor([cands[int(i)][0].isupper() == (attr in CAPITALISED) for i in ids])
-        top = sims.masked_fill(~cased, float("-inf")).topk(min(k, int(cased.sum()))).indices
+        cased = upper if attr in CAPITALISED else ~upper
+        top = (emb[ids] @ emb[own].mean(0)).masked_fill(~cased, float("-inf")).topk(min(k, int(cased.sum()))).indices
         out[attr] = tuple(cands[int(ids[j])] for j in top)
     return out

@@ -331,8 +331,7 @@ def _check_split(split: str, novel: float, vocab: float = 0.0, words: Sequence[s
     for name, share in (("vocab", vocab), ("blend", blend)):
         if share and len(words) < 3:
             raise ValueError(f"{name}={share} needs a list of at least 3 words, got {len(words)}")
-    short = sorted(a for a in FACTS if len((kin_words or {}).get(a, ())) < 2)
-    if kin and short:
+    if kin and (short := sorted(a for a in FACTS if len((kin_words or {}).get(a, ())) < 2)):
         raise ValueError(f"kin={kin} needs at least 2 class words for every attribute; too few for {short}")
 
 
