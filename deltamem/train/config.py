@@ -77,7 +77,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_episodes: int = 32
     checkpoint_every: int = 25
-    max_minutes: float | None = None
+    max_minutes: float | None = None  # wall-time budget from the trainer's set-up on (backbone replies, snapshots)
     threads: int | None = None
     device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
 

@@ -44,6 +44,7 @@ class NaNLossError(RuntimeError):
 class Trainer:
     def __init__(self, cfg: TrainConfig, model=None, tokenizer=None, progress: bool = True):
         self.cfg = cfg
+        self.started = time.time()  # --max-minutes counts from here: set-up (replies, snapshots) is part of the budget
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         if cfg.batch_size % (self.world * cfg.grad_accum):
@@ -357,6 +358,16 @@ class Trainer:
             g["initial_lr"], g["lr"] = self.cfg.lr, lr
         return True
 
+    def out_of_time(self) -> bool:
+        """True once `max_minutes` of wall time have passed since the trainer was built; under DDP rank 0's clock
+        decides for all ranks, so that they stop at the same step."""
+        if self.cfg.max_minutes is None:
+            return False
+        over = torch.tensor(float((time.time() - self.started) / 60 >= self.cfg.max_minutes), device=self.device)
+        if self.world > 1:
+            dist.broadcast(over, src=0)
+        return bool(over)
+
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         cfg = self.cfg
@@ -368,11 +379,10 @@ class Trainer:
         os.makedirs(cfg.out_dir, exist_ok=True)
         log_path = os.path.join(cfg.out_dir, "log.jsonl")
         val = validation_set(cfg, cfg.eval_episodes, words=self.words, kin_words=self.kin_words)
-        start = time.time()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress)
         last = {}
         while self.step < cfg.steps:
-            if cfg.max_minutes is not None and (time.time() - start) / 60 >= cfg.max_minutes:
+            if self.out_of_time():
                 if self.progress:
                     print(f"[deltamem] --max-minutes {cfg.max_minutes} reached at step {self.step}")
                 break

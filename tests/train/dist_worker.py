@@ -23,7 +23,8 @@ def main(backbone: str, out: str) -> None:
         backbone=backbone, out_dir=os.path.join(out, "run"), steps=2, batch_size=4, grad_accum=1, seed=0,
         adapter={"rank": 4, "alpha": 8.0, "heads": ["q", "o"], "update_mode": "no_decay", "gate_bias_init": -3.0},
         sources={"synthetic": 0.6, "updates": 0.2, "key_value": 0.2}, filler_turns=[0, 2],
-        max_write_tokens=256, max_read_tokens=96, eval_every=1000, eval_episodes=2, checkpoint_every=1000)
+        max_write_tokens=256, max_read_tokens=96, eval_every=1000, eval_episodes=2, checkpoint_every=1000,
+        max_minutes=60)  # a budget, so the ranks' shared stop decision (a broadcast each step) runs too
     tr = Trainer(cfg, progress=False)
     last = tr.fit()
     after_fit = {k: v.detach().clone() for k, v in tr.model.delta_mem.named_parameters()}

@@ -343,3 +343,16 @@ def test_init_adapter_grows_state_heads(tiny_dir, tmp_path):
         assert x["own"] == pytest.approx(y["own"], rel=1e-4) and x["mismatched"] == pytest.approx(y["mismatched"], rel=1e-4)
     tr.train_step(tr.stream.batch(0, 2))
     assert any(p[:, rows:].abs().sum() > 0 for k, p in tr.dm.named_parameters() if ".U." in k)
+
+
+def test_max_minutes_counts_the_set_up(make_cfg):
+    # the budget runs from the trainer's construction: time spent before fit() (backbone replies, memory
+    # snapshots) is part of it, so a `timeout` wrapper sized to max_minutes plus a margin is not hit
+    cfg = make_cfg(steps=3, max_minutes=1.0)
+    tr = Trainer(cfg, progress=False)
+    tr.started -= 61  # as if set-up had taken just over a minute
+    tr.fit()
+    assert tr.step == 0
+    tr = Trainer(make_cfg(steps=1, max_minutes=1.0), progress=False)
+    tr.fit()
+    assert tr.step == 1
