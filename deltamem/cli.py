@@ -126,8 +126,8 @@ def train_eval(adapter: str, recipe: str = "configs/train/smollm2-135m-tsw.yaml"
     """Held-out figures of a trained adapter: answer CE with the own / a mismatched / a zero memory and
     with the history in the prompt, greedy memory-only accuracy against the same controls (also on chats
     stating one fact and nothing else), which of an attribute's candidate values each memory makes
-    likeliest, the write gates on value tokens, and the
-    perplexity ratio on plain text (LoCoMo conversations conv-43/44, memory from conv-41) when `--locomo` is given.
+    likeliest, the write gates on value tokens, and the perplexity ratio on plain text (LoCoMo
+    conversations conv-43/44, memory from conv-41) when `--locomo` is given.
     `--set key=value` overrides recipe keys, e.g. `--set answer_space=true` for an adapter trained that way."""
     from .train.evaluate import main_report
 
