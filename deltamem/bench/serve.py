@@ -9,8 +9,8 @@ forward passes) and ``one-at-a-time`` (``max_batch=1``). Each user is a thread
 that sends ``--turns`` chat turns (greedy, ``max_tokens=--max-new-tokens``) to
 its own memory, one after another. Reported per mode: requests/s, p50/p95
 latency, completion tokens/s, and the mean generation batch size; then the
-batched/one-at-a-time ratios. Separately, the write cost of one 100-token turn
-(a user message and a reply, 100 tokens rendered) is timed twice: the forward
+batched/one-at-a-time ratios. Separately, the write cost of one turn of at most 100 tokens
+(a user message and a reply, as rendered) is timed twice: the forward
 alone (`MemorySession.write`) and through the API (`POST /v1/memories/{id}/messages`:
 write + one-transaction commit + HTTP). Results print as a table and as JSON.
 """
@@ -116,7 +116,7 @@ def run_load(model, tok, users: int, turns: int, max_new_tokens: int, max_batch:
 
 
 def write_cost(model, tok, tmp: str, repeats: int = 7) -> dict:
-    """Median ms to write one 100-token turn: the forward alone, and through the API (write + commit)."""
+    """Median ms to write one turn of at most 100 tokens: the forward alone, and through the API (write + commit)."""
     import httpx
 
     from ..runtime.session import MemorySession, turn_messages
@@ -153,7 +153,7 @@ def bench(what: str, users: str = "1,4,16", turns: int = 4, max_new_tokens: int 
           model_factory: str | None = None) -> None:
     """Benchmarks. `serve`: N concurrent users (`--users 1,4,16`) of `deltamem serve` on the embedded model:
     requests/s, p50/p95 latency and tokens/s, batched vs one at a time, and the write cost of one
-    100-token turn. (The op and adapter benchmarks: `python -m deltamem.bench.ops` / `.adapter`.)"""
+    turn of at most 100 tokens. (The op and adapter benchmarks: `python -m deltamem.bench.ops` / `.adapter`.)"""
     if what != "serve":
         raise ValueError(f"unknown benchmark {what!r}; available: serve")
     from ..serve import require_extra
