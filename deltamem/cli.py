@@ -122,16 +122,19 @@ def _pairs(overrides: list[str] | None) -> dict[str, str]:
 
 
 def train_eval(adapter: str, recipe: str = "configs/train/smollm2-135m-tsw.yaml", episodes: int = 48, locomo: str | None = None,
-               out: str | None = None, overrides: list[str] | None = None) -> None:
+               out: str | None = None, overrides: list[str] | None = None, validation: bool = False) -> None:
     """Held-out figures of a trained adapter: answer CE with the own / a mismatched / a zero memory and
     with the history in the prompt, greedy memory-only accuracy against the same controls (also on chats
     stating one fact and nothing else), which of an attribute's candidate values each memory makes
     likeliest, the write gates on value tokens, and the perplexity ratio on plain text (LoCoMo
     conversations conv-43/44, memory from conv-41) when `--locomo` is given.
-    `--set key=value` overrides recipe keys, e.g. `--set answer_space=true` for an adapter trained that way."""
+    `--set key=value` overrides recipe keys, e.g. `--set answer_space=true` for an adapter trained that way.
+    `--validation` reports only greedy accuracy on the recipe's validation episodes (the training
+    distribution under a seed training never uses), by answer kind: the figure to choose adapters on."""
     from .train.evaluate import main_report
 
-    print(json.dumps(main_report(adapter, recipe, episodes, locomo, out, _pairs(overrides)), indent=2))
+    report = main_report(adapter, recipe, episodes, locomo, out, _pairs(overrides), validation)
+    print(json.dumps(report, indent=2))
 
 
 from .bench.serve import bench  # noqa: E402  (these modules import the server packages only when run)

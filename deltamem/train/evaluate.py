@@ -33,18 +33,20 @@ def contains(prediction: str, answer: str) -> bool:
 
 
 @torch.no_grad()
-def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int = 16) -> dict:
+def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int = 16, by=None) -> dict:
     """Memory-only greedy answers with the own memory, a mismatched memory and a zero state, and the
     frozen backbone (zero state) with the whole history in its prompt.
 
     `accuracy[name]`: the gold value appears in the reply; `first_token[name]`: the reply's first token
-    is the gold answer's first token (the finer, greedy-relevant signal: is the value the argmax?)."""
+    is the gold answer's first token (the finer, greedy-relevant signal: is the value the argmax?).
+    `by(episode) -> group` adds `by_group[group][name]`: hits and episodes per group."""
     pairs = [(ep, e) for ep in episodes for e in tr.encode([ep])]  # episodes whose encoding survived, in order
     eps, enc = [p[0] for p in pairs], [p[1] for p in pairs]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     stop = stop_ids(tr.model, tr.tok)
     hits = {"own": 0, "mismatched": 0, "zero": 0, "full_history": 0}
     first = dict.fromkeys(hits, 0)
+    groups: dict[str, dict] = {}
     samples = []
     n = 0
     for i in tqdm(range(0, len(enc), batch), desc="greedy eval", leave=False):
@@ -67,15 +69,31 @@ def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int =
             outs[name] = [tr.tok.decode(r, skip_special_tokens=True).strip() for r in rows]
             first[name] += sum(r[:1] == [g] for r, g in zip(rows, gold))
         for r, ep in enumerate(part_eps):
+            group = groups.setdefault(by(ep), {**dict.fromkeys(hits, 0), "episodes": 0}) if by else {}
             for name in hits:
-                hits[name] += contains(outs[name][r], ep.answer)
+                hit = contains(outs[name][r], ep.answer)
+                hits[name] += hit
+                if by:
+                    group[name] += hit
+            if by:
+                group["episodes"] += 1
             if len(samples) < 12:
                 samples.append({"question": ep.question, "answer": ep.answer, **{k: v[r] for k, v in outs.items()}})
         n += len(part)
     acc = {k: v / max(n, 1) for k, v in hits.items()}
     acc["episodes"] = n
     acc["own/full_history"] = acc["own"] / max(acc["full_history"], 1e-9)
-    return {"accuracy": acc, "first_token": {k: v / max(n, 1) for k, v in first.items()}, "samples": samples}
+    out = {"accuracy": acc, "first_token": {k: v / max(n, 1) for k, v in first.items()}, "samples": samples}
+    if by:
+        out["by_group"] = dict(sorted(groups.items()))
+    return out
+
+
+def validation_greedy(tr: Trainer, n: int = 48) -> dict:
+    """Greedy accuracy on the recipe's validation episodes (training distribution, a seed training never
+    uses), grouped by what must travel (`answer_kind`): the figure to decide on, before any held-out one."""
+    eps = validation_set(tr.cfg, n, words=tr.words, kin_words=tr.kin_words)
+    return greedy_accuracy(tr, eps, by=lambda ep: answer_kind(ep, tr.words))
 
 
 POOL_VALUES = {v for attr in FACTS.values() for pool in attr[:2] for v in pool}
@@ -303,18 +321,23 @@ def _unseen_seed(cfg, n, words=(), kin_words=None):
 
 
 def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str | None,
-                overrides: dict | None = None) -> dict:
+                overrides: dict | None = None, validation: bool = False) -> dict:
     from .config import TrainConfig
 
     # the recipe gives the episode sets; the adapter is evaluated under its own saved config
     cfg = replace(TrainConfig.from_yaml(recipe, {**(overrides or {}), "init_adapter": adapter}), adapter={})
     tr = Trainer(cfg, progress=False)
+    if validation:
+        return _dump({"validation": validation_greedy(tr, n)}, out)
     plain = mem = None
     if locomo:
         plain = locomo_plain_texts(locomo, ["conv-43", "conv-44"], turns=60)
         mem = locomo_plain_texts(locomo, ["conv-41"], turns=60)
-    rep = heldout_report(tr, n, plain, mem)
+    return _dump(heldout_report(tr, n, plain, mem), out)
+
+
+def _dump(report: dict, out: str | None) -> dict:
     if out:
         with open(out, "w") as f:
-            json.dump(rep, f, indent=2)
-    return rep
+            json.dump(report, f, indent=2)
+    return report

@@ -51,6 +51,21 @@ def test_greedy_accuracy_keeps_episodes_aligned_after_drops(trainer):
     assert [s["question"] for s in out["samples"]] == [e.question for e in eps[:3]]
 
 
+def test_validation_greedy_groups_add_up_to_the_totals(trainer):
+    """`validation_greedy` splits the validation episodes by answer kind; the groups' hits and episodes
+    must add up to the overall accuracies, so a per-kind figure can never disagree with the total."""
+    from deltamem.train.evaluate import validation_greedy
+
+    out = validation_greedy(trainer, n=6)
+    groups, acc = out["by_group"], out["accuracy"]
+    assert sum(g["episodes"] for g in groups.values()) == acc["episodes"] == 6
+    eps = validation_set(trainer.cfg, 6, words=trainer.words, kin_words=trainer.kin_words)
+    assert set(groups) == {answer_kind(ep, trainer.words) for ep in eps}
+    for name in ("own", "mismatched", "zero", "full_history"):
+        assert sum(g[name] for g in groups.values()) / acc["episodes"] == pytest.approx(acc[name]), name
+        assert all(0 <= g[name] <= g["episodes"] for g in groups.values()), name
+
+
 def test_perplexity_ratio_plumbing(trainer):
     texts = ["The quick brown fox jumps over the lazy dog.", "Bees make honey in the summer months."]
     memory = ["Maya: I adopted a puppy named Biscuit.", "Liam: I moved to Oslo last year."]

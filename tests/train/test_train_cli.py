@@ -38,6 +38,23 @@ def test_train_command_runs_one_step(tiny_dir, tmp_path, capsys):
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
 
 
+def test_train_eval_validation_reports_greedy_by_answer_kind(tiny_dir, tmp_path, capsys):
+    """`train-eval --validation` evaluates a trained adapter on the recipe's validation episodes only,
+    grouped by answer kind, and writes the same report to `--out`."""
+    out = tmp_path / "run5"
+    assert main(["train", RECIPE, *_tiny_sets(tiny_dir, out)]) == 0
+    capsys.readouterr()
+    report_file = tmp_path / "val.json"
+    sets = [a for s in (f"backbone={tiny_dir}", "max_write_tokens=256", "threads=1") for a in ("--set", s)]
+    assert main(["train-eval", str(out / "adapter"), "--recipe", RECIPE, "--validation", "--episodes", "4",
+                 "--out", str(report_file), *sets]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(report_file.read_text())
+    assert set(printed) == {"validation"}
+    val = printed["validation"]
+    assert val["accuracy"]["episodes"] == sum(g["episodes"] for g in val["by_group"].values()) == 4
+
+
 def test_nested_override_reaches_the_adapter(tiny_dir, tmp_path, capsys):
     out = tmp_path / "run4"
     assert main(["train", RECIPE, *_tiny_sets(tiny_dir, out), "--set", "adapter.rank=4"]) == 0
