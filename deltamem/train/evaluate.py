@@ -324,8 +324,10 @@ def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str 
                 overrides: dict | None = None, validation: bool = False) -> dict:
     from .config import TrainConfig
 
-    # the recipe gives the episode sets; the adapter is evaluated under its own saved config
-    cfg = replace(TrainConfig.from_yaml(recipe, {**(overrides or {}), "init_adapter": adapter}), adapter={})
+    # the recipe gives the episode sets; the adapter is evaluated under its own saved config. Nothing is
+    # trained here, so the preservation term's set-up (backbone replies, long-memory snapshots) is skipped.
+    cfg = TrainConfig.from_yaml(recipe, {**(overrides or {}), "init_adapter": adapter})
+    cfg = replace(cfg, adapter={}, preserve=0.0)
     tr = Trainer(cfg, progress=False)
     if validation:
         return _dump({"validation": validation_greedy(tr, n)}, out)
