@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 from dataclasses import replace
@@ -69,14 +70,12 @@ def greedy_accuracy(tr: Trainer, episodes, batch: int = 8, max_new_tokens: int =
             outs[name] = [tr.tok.decode(r, skip_special_tokens=True).strip() for r in rows]
             first[name] += sum(r[:1] == [g] for r, g in zip(rows, gold))
         for r, ep in enumerate(part_eps):
-            group = groups.setdefault(by(ep), {**dict.fromkeys(hits, 0), "episodes": 0}) if by else {}
+            group = groups.setdefault(by(ep) if by else None, {**dict.fromkeys(hits, 0), "episodes": 0})
+            group["episodes"] += 1
             for name in hits:
                 hit = contains(outs[name][r], ep.answer)
                 hits[name] += hit
-                if by:
-                    group[name] += hit
-            if by:
-                group["episodes"] += 1
+                group[name] += hit
             if len(samples) < 12:
                 samples.append({"question": ep.question, "answer": ep.answer, **{k: v[r] for k, v in outs.items()}})
         n += len(part)
@@ -339,7 +338,8 @@ def main_report(adapter: str, recipe: str, n: int, locomo: str | None, out: str 
 
 
 def _dump(report: dict, out: str | None) -> dict:
-    if out:
-        with open(out, "w") as f:
+    if out:  # written whole or not at all
+        with open(out + ".tmp", "w") as f:
             json.dump(report, f, indent=2)
+        os.replace(out + ".tmp", out)
     return report
