@@ -1,4 +1,5 @@
-"""A short, stable fingerprint of a backbone's weights, to tie adapters and states to it."""
+"""Short, stable fingerprints: of a backbone's weights (ties adapters and states to it) and of an
+adapter's weights and config (ties stored sessions to the adapter that wrote them)."""
 
 from __future__ import annotations
 
@@ -22,4 +23,17 @@ def backbone_fingerprint(model: torch.nn.Module) -> str:
         sample = flat if flat.numel() <= 2 * SAMPLE else torch.cat([flat[:SAMPLE], flat[-SAMPLE:]])
         h.update(f"{name}:{tuple(p.shape)}".encode())
         h.update(sample.to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def adapter_fingerprint(model: torch.nn.Module) -> str:
+    """Hex digest (16 chars) over the δ-mem config and every δ-mem weight of `model`: a stored session
+    is tied to the adapter that wrote it. Raises ValueError when no adapter is attached."""
+    from .model import get_delta_mem  # model.py imports this module
+
+    dm = get_delta_mem(model)
+    h = hashlib.sha256(repr(sorted(dm.config.to_dict().items())).encode())
+    for name, p in sorted(dm.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", torch.float32).numpy().tobytes())
     return h.hexdigest()[:16]

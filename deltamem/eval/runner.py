@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from ..adapter.model import get_delta_mem
+from ..adapter import adapter_fingerprint, get_delta_mem
 from ..runtime.generate import GenerationConfig, stop_ids
 from ..runtime.render import Renderer
 from .engine import answer_batch
@@ -91,7 +91,6 @@ def default_conversations(spec: EvalSpec, convs: list[Conversation]) -> list[str
 
 def run_eval(model, tokenizer, spec: EvalSpec, encoder=None, progress: bool = True) -> dict:
     """Run `spec` (results appended to `spec.out`), then rewrite the folder's reports. Returns the summary."""
-    from ..runtime.session import adapter_fingerprint
     from .report import write_reports
 
     suite = SUITES[spec.suite]

@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter import MemoryState
+from ..adapter import MemoryState, adapter_fingerprint
 from ..adapter.model import get_delta_mem
 from .generate import GenerationConfig, generate_tokens, stop_ids, stream_text
 from .render import Renderer, check_messages, plan_writes
@@ -40,16 +39,6 @@ class IncompatibleMemory(ValueError):
 def turn_messages(user_text: str, reply: str) -> list[dict]:
     """The two messages a chat turn writes; an empty reply is written as a placeholder."""
     return [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply.strip() or "…"}]
-
-
-def adapter_fingerprint(model) -> str:
-    """Hash of the δ-mem weights and config: a session is tied to the adapter that wrote it."""
-    dm = get_delta_mem(model)
-    h = hashlib.sha256(repr(sorted(dm.config.to_dict().items())).encode())
-    for name, p in sorted(dm.named_parameters()):
-        h.update(name.encode())
-        h.update(p.detach().to("cpu", torch.float32).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class MemorySession:

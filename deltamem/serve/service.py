@@ -7,6 +7,15 @@ through the engine, writes the user turn and the reply with `MemorySession.write
 and commits state + transcript + version in one transaction. The task does not
 depend on the client: a client that disconnects mid-stream still gets its
 completed turn stored, and a crash before the commit stores nothing.
+
+Several servers may share one database. When a commit finds that another
+server committed first (a newer version, or the memory created meanwhile), the
+write is rebased: the memory is read again and the same messages are written
+onto the newer state, then committed as the version after it. The reply,
+already generated, stands; the client never sees the conflict. Each write is
+stored exactly once, in commit order, so a memory's version counts its writes.
+A connection lost during the commit answers 503 unless a re-read shows that
+the commit did land.
 """
 
 from __future__ import annotations
@@ -21,17 +30,18 @@ from dataclasses import dataclass
 
 from anyio import to_thread
 
-from ..adapter import MemoryState
+from ..adapter import MemoryState, adapter_fingerprint
 from ..adapter.model import get_delta_mem
 from ..runtime.generate import GenerationConfig
 from ..runtime.session import (DEFAULT_SYSTEM_PROMPT, IncompatibleMemory, MemorySession, WriteTooLarge,
-                               adapter_fingerprint, turn_messages)
-from ..store import AlreadyExists, MemoryRecord, MemoryStore, VersionConflict
+                               turn_messages)
+from ..store import AlreadyExists, MemoryRecord, MemoryStore, StoreUnavailable, VersionConflict
 from .engine import Engine
 from .errors import ApiError
 
 log = logging.getLogger("deltamem.serve")
 MEMORY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,127}$")
+MAX_REBASES = 64  # a write that loses this many commit races in a row is refused (503), not retried forever
 
 
 def check_memory_id(mid, param: str = "memory_id") -> str:
@@ -69,6 +79,7 @@ class MemoryService:
         self._cache_lock = threading.Lock()
         self._cache_size = cache_size
         self._tasks: set[asyncio.Task] = set()
+        self.rebases = 0  # writes re-applied onto a newer version committed by another server
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _lock(self, tenant: str, mid: str) -> asyncio.Lock:
@@ -82,7 +93,11 @@ class MemoryService:
         return await asyncio.wrap_future(self.engine.call(fn, *args, **kwargs))
 
     async def _db(self, fn, *args):
-        return await to_thread.run_sync(fn, *args)
+        try:
+            return await to_thread.run_sync(fn, *args)
+        except StoreUnavailable:
+            raise ApiError(503, "the database is unavailable; nothing was changed, retry",
+                           code="database_unavailable") from None
 
     def _drop(self, tenant: str, mid: str) -> None:
         with self._cache_lock:
@@ -135,31 +150,72 @@ class MemoryService:
         return sess.state.to_bytes()
 
     async def _commit(self, rec: MemoryRecord, stored: bool, sess: MemorySession, state: bytes) -> MemoryRecord:
-        """Store the session's state and transcript as the next version, in one transaction."""
+        """Store the session's state and transcript as the version after `rec`, in one transaction.
+        Raises `VersionConflict` / `AlreadyExists` (nothing stored) when another server committed first,
+        and `ApiError` 503 when the connection failed and the commit did not land."""
+        store = self.store
+        args = (rec.tenant, rec.memory_id, rec.version, state, sess.transcript, sess.tokens_written, self.adapter,
+                self.backbone)
         try:
             if stored:
-                new = await self._db(self.store.commit, rec.tenant, rec.memory_id, rec.version, state,
-                                     sess.transcript, sess.tokens_written, self.adapter, self.backbone)
+                new = await to_thread.run_sync(store.commit, *args)
             else:
-                new = await self._db(self.store.create, rec.tenant, rec.memory_id, state, sess.transcript,
-                                     sess.tokens_written, self.adapter, self.backbone, rec.version + 1)
-        except (VersionConflict, AlreadyExists) as e:
+                new = await to_thread.run_sync(store.create, *args[:2], *args[3:], rec.version + 1)
+        except StoreUnavailable:
             self._drop(rec.tenant, rec.memory_id)
-            raise ApiError(409, f"{e}: it was changed by another server; retry", code="version_conflict") from None
+            new = await self._landed(rec, sess, state)
+            if new is None:
+                raise ApiError(503, f"the database connection failed while storing the write to memory "
+                                    f"{rec.memory_id!r}; it was not stored: retry", code="database_unavailable") from None
+            log.info("commit to memory %r reported a lost connection but landed (version %d)", rec.memory_id,
+                     new.version)
         except BaseException:
             self._drop(rec.tenant, rec.memory_id)
             raise
         self._remember(new, sess)
         return new
 
-    async def _write(self, rec: MemoryRecord, stored: bool, messages: list[dict]) -> MemoryRecord:
-        sess = await self._model(self._session, rec)
+    async def _landed(self, rec: MemoryRecord, sess: MemorySession, state: bytes) -> MemoryRecord | None:
+        """After a connection failure during a commit: the stored row if that commit did land (the failure
+        hit the acknowledgement), else None. Unreadable counts as not landed."""
         try:
-            state = await self._model(self._write_session, sess, messages)
-        except BaseException:
-            self._drop(rec.tenant, rec.memory_id)  # a failed write changes nothing, but be sure
-            raise
-        return await self._commit(rec, stored, sess, state)
+            now = await to_thread.run_sync(self.store.get, rec.tenant, rec.memory_id)
+        except StoreUnavailable:
+            return None
+        if (now is not None and now.version == rec.version + 1 and now.state == state
+                and now.transcript == sess.transcript):
+            return now
+        return None
+
+    async def _rebase(self, rec: MemoryRecord, create: bool) -> tuple[MemoryRecord, bool]:
+        """The memory as another server left it after winning a commit race (see the module docstring)."""
+        self._drop(rec.tenant, rec.memory_id)
+        self.rebases += 1
+        new, stored = await self._get(rec.tenant, rec.memory_id, create=create)
+        log.info("memory %r moved from version %d to %d under another server: writing onto the newer state",
+                 rec.memory_id, rec.version, new.version if stored else 0)
+        return new, stored
+
+    async def _write(self, rec: MemoryRecord, stored: bool, messages: list[dict], create: bool = False,
+                     rebase: bool = True) -> MemoryRecord:
+        """Write `messages` onto the memory and commit them as its next version, rebasing onto a newer
+        version when another server committed first (`create`: a memory deleted meanwhile starts anew,
+        else 404; `rebase=False`: the conflict is raised instead)."""
+        for _ in range(MAX_REBASES):
+            sess = await self._model(self._session, rec)
+            try:
+                state = await self._model(self._write_session, sess, messages)
+            except BaseException:
+                self._drop(rec.tenant, rec.memory_id)  # a failed write changes nothing, but be sure
+                raise
+            try:
+                return await self._commit(rec, stored, sess, state)
+            except (VersionConflict, AlreadyExists):
+                if not rebase:
+                    raise
+                rec, stored = await self._rebase(rec, create)
+        raise ApiError(503, f"memory {rec.memory_id!r} kept changing under other servers' writes; retry",
+                       code="write_contention")
 
     # ---- operations --------------------------------------------------------------------------
     def info(self, rec: MemoryRecord) -> dict:
@@ -182,9 +238,9 @@ class MemoryService:
             rec, stored = await self._get(tenant, mid, create=True)
             if stored:
                 raise ApiError(409, f"memory {mid!r} already exists", param="id", code="memory_exists")
-            if messages:
-                return self.info(await self._write(rec, False, messages))
             try:
+                if messages:
+                    return self.info(await self._write(rec, False, messages, rebase=False))
                 new = await self._db(self.store.create, tenant, mid, self.empty_state, [], 0, self.adapter,
                                      self.backbone)
             except AlreadyExists:
@@ -224,7 +280,13 @@ class MemoryService:
         state = await self._model(sess.state.to_bytes)
         async with self._lock(tenant, mid):
             rec, stored = await self._get(tenant, mid, create=True)
-            return self.info(await self._commit(rec, stored, sess, state))
+            for _ in range(MAX_REBASES):  # a replacement lands on whatever version another server left
+                try:
+                    return self.info(await self._commit(rec, stored, sess, state))
+                except (VersionConflict, AlreadyExists):
+                    rec, stored = await self._rebase(rec, create=True)
+            raise ApiError(503, f"memory {mid!r} kept changing under other servers' writes; retry",
+                           code="write_contention")
 
     # ---- answering ---------------------------------------------------------------------------
     def generation(self, max_tokens: int | None, temperature: float | None, top_p: float | None,
@@ -279,7 +341,7 @@ class MemoryService:
                 if chat:
                     messages = turn_messages(text, done["reply"])
                     done["reply"] = messages[1]["content"]
-                    new = await self._write(rec, stored, messages)
+                    new = await self._write(rec, stored, messages, create=True)
                     done["version"] = new.version
                 events.put_nowait(("done", done))
         except ApiError as e:

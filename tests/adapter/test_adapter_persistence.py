@@ -81,6 +81,20 @@ def test_fingerprint_is_stable_and_ignores_the_adapter():
     assert dm.backbone_fingerprint(a) == fp == dm.get_delta_mem(a).fingerprint
 
 
+def test_adapter_fingerprint_tracks_the_adapter_weights_and_config(tmp_path):
+    a = attached("llama", rank=4)
+    fp = dm.adapter_fingerprint(a)
+    assert fp == dm.adapter_fingerprint(attached("llama", rank=4)) and len(fp) == 16
+    assert fp != dm.adapter_fingerprint(attached("llama", rank=8))
+    randomize_adapter(a)
+    changed = dm.adapter_fingerprint(a)
+    assert changed != fp
+    dm.save_adapter(a, tmp_path)  # a saved and reloaded adapter keeps its fingerprint
+    assert dm.adapter_fingerprint(dm.load_adapter(tiny_model("llama"), tmp_path)) == changed
+    with pytest.raises(ValueError):
+        dm.adapter_fingerprint(tiny_model("llama"))
+
+
 # --------------------------------------------------------------------------- memory states
 
 
