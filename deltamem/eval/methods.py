@@ -26,9 +26,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..adapter import MemoryState
-from ..runtime.generate import GenerationConfig, generate_tokens
+from ..runtime.generate import GenerationConfig, PrefixCache, generate_tokens
 from ..runtime.render import message_text
-from .engine import PrefixCache
 from .items import Conversation, Item
 
 METHODS = ("none", "window", "full", "rag-bm25", "rag-dense", "summary", "delta-mem")

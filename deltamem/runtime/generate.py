@@ -2,10 +2,17 @@
 
 The memory is read-only while generating (`use_memory(write=False)`): a reply
 is written afterwards, as a message, like any other.
+
+One path for every caller: `prefill` runs the prompt rows (left-padded, after an
+optional `PrefixCache` shared by all rows), `decode` is the decoding loop, and
+`generate_tokens` is the two together. Sessions and the server generate from
+whole prompts; `deltamem eval` prefills a conversation's shared prefix once and
+teacher-forces gold answers through `prefill(..., keep=None)`.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,40 +79,104 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | No
     return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
 
 
-@torch.inference_mode()
-def generate_tokens(model, prompts: list[list[int]], state: MemoryState | None, cfg: GenerationConfig,
-                    stop: set[int], pad_id: int) -> Iterator[list[int | None]]:
-    """Yield, at each step, the new token of every row (None once a row has stopped).
+def cache_keyword(model) -> str:
+    """The forward keyword (and output field) of the KV cache: `cache` in recent transformers, else
+    `past_key_values` (deprecated there)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    `prompts` are token id lists (left-padded into one batch); `state` has one
-    row per prompt, or is None for the bare backbone.
+
+def _keep(model, k: int | None) -> dict:
+    """`logits_to_keep=k` where the model takes it (the LM head then runs on the last k positions only)."""
+    if k is None or "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return {}
+    return {"logits_to_keep": k}
+
+
+def _forward(model, state: MemoryState | None, **kw):
+    if state is None:
+        return model(**kw)
+    with use_memory(model, state, write=False):  # bound per call: nothing stays bound while a stream waits
+        return model(**kw)
+
+
+class PrefixCache:
+    """The KV cache of `prefix_ids` (one row), computed once with `state` (one row) bound read-only when
+    given. Rows given to `prefill` / `generate_tokens(prefix=...)` continue it, so prompts that share
+    a beginning (system prompt, a history window) compute it once."""
+
+    @torch.inference_mode()
+    def __init__(self, model, prefix_ids: list[int], state: MemoryState | None = None):
+        if not prefix_ids:
+            raise ValueError("the shared prefix is empty (it holds at least the system prompt)")
+        if state is not None and state.batch_size != 1:
+            raise ValueError(f"a shared prefix is one row; its state has {state.batch_size}")
+        self.model, self.state, self.length = model, state, len(prefix_ids)
+        self.key = cache_keyword(model)
+        dev = next(model.parameters()).device
+        out = _forward(model, state, input_ids=torch.tensor([prefix_ids], device=dev), use_cache=True,
+                       **_keep(model, 1))
+        self.cache = getattr(out, self.key)
+
+    def expanded(self, rows: int):
+        """A copy of the cache repeated for `rows` rows (the cache itself stays reusable)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+
+@dataclass
+class Prefill:
+    """A batch after its prompt rows were run: what `decode` continues from."""
+
+    logits: torch.Tensor  # [B, K, V] logits of the last K row positions (K = `keep`, or all T)
+    cache: object  # KV cache of prefix + rows
+    mask: torch.Tensor  # [B, P + T] attention mask, 0 on padding
+    pos: torch.Tensor  # [B, T] position ids of the row tokens
+
+
+@torch.inference_mode()
+def prefill(model, rows: list[list[int]], state: MemoryState | None, pad_id: int,
+            prefix: PrefixCache | None = None, keep: int | None = 1) -> Prefill:
+    """Run token rows, left-padded into one batch (after `prefix` when given), with `state` bound read-only.
+
+    `state` has one row per row, or is None for the bare backbone; after a
+    `prefix` computed with a memory, it is that memory repeated per row.
+    `keep`: how many last positions' logits to return (None: all T). Positions
+    count on from the prefix; padding is masked out.
     """
-    B = len(prompts)
-    if B == 0:
-        return
-    dev = next(model.parameters()).device
-    T = max(len(p) for p in prompts)
+    empty = [i for i, r in enumerate(rows) if not r]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} is empty")
+    if prefix is not None and (prefix.state is None) != (state is None):
+        raise ValueError("rows after a shared prefix need the memory the prefix was computed with (none if it "
+                         "had none)")
+    B, dev = len(rows), next(model.parameters()).device
+    P = prefix.length if prefix is not None else 0
+    T = max(len(r) for r in rows)
     ids = torch.full((B, T), pad_id, dtype=torch.long, device=dev)
-    mask = torch.zeros(B, T, dtype=torch.long, device=dev)
-    for i, p in enumerate(prompts):
-        if not p:
-            raise ValueError(f"prompt {i} is empty")
-        ids[i, T - len(p):] = torch.tensor(p, device=dev)
-        mask[i, T - len(p):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    mask = torch.zeros(B, P + T, dtype=torch.long, device=dev)
+    mask[:, :P] = 1
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):] = torch.tensor(r, device=dev)
+        mask[i, P + T - len(r):] = 1
+    pos = (mask.cumsum(-1) - 1)[:, P:].clamp_min(P)  # padding (masked out) takes any position
+    key = cache_keyword(model)
+    past = {key: prefix.expanded(B)} if prefix is not None else {}
+    out = _forward(model, state, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **past,
+                   **_keep(model, keep))
+    return Prefill(out.logits, getattr(out, key), mask, pos)
+
+
+@torch.inference_mode()
+def decode(model, start: Prefill, state: MemoryState | None, cfg: GenerationConfig,
+           stop: set[int]) -> Iterator[list[int | None]]:
+    """The decoding loop: yield, at each step, the new token of every row (None once a row has stopped),
+    continuing from `start` (the prompt's logits and KV cache) with `state` bound read-only."""
+    mask, pos, cache, logits = start.mask, start.pos, start.cache, start.logits[:, -1]
+    B, dev = mask.shape[0], mask.device
     gen = torch.Generator(device=dev).manual_seed(cfg.seed) if cfg.seed is not None else None  # multinomial's device
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    key = _cache_kw(model)
-
-    def forward(**kw):
-        if state is None:
-            return model(**kw)
-        with use_memory(model, state, write=False):  # bound per call: nothing stays bound while a stream waits
-            return model(**kw)
-
-    out = forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    cache = getattr(out, key)
-    logits = out.logits[:, -1]
+    key = cache_keyword(model)
     for step in range(cfg.max_new_tokens):
         nxt = _pick(logits, cfg, gen).to(dev)
         stopped = done | torch.tensor([int(t) in stop for t in nxt.tolist()], device=dev)
@@ -115,16 +186,24 @@ def generate_tokens(model, prompts: list[list[int]], state: MemoryState | None, 
             return
         mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
         pos = pos[:, -1:] + 1
-        out = forward(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos, use_cache=True,
-                      **{key: cache})
+        out = _forward(model, state, input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos,
+                       use_cache=True, **{key: cache})
         cache = getattr(out, key)
         logits = out.logits[:, -1]
 
 
-def _cache_kw(model) -> str:
-    """The forward keyword (and output field) of the KV cache: `cache` in recent transformers, else
-    `past_key_values` (deprecated there)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def generate_tokens(model, prompts: list[list[int]], state: MemoryState | None, cfg: GenerationConfig,
+                    stop: set[int], pad_id: int, prefix: PrefixCache | None = None) -> Iterator[list[int | None]]:
+    """Yield, at each step, the new token of every row (None once a row has stopped).
+
+    `prompts` are token id lists (left-padded into one batch); `state` has one
+    row per prompt, or is None for the bare backbone. With `prefix`, every
+    prompt continues that shared prefix (its KV cache is copied, not recomputed)
+    and `state` is the prefix's memory repeated per prompt.
+    """
+    if not prompts:
+        return
+    yield from decode(model, prefill(model, prompts, state, pad_id, prefix), state, cfg, stop)
 
 
 class TextDecoder:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from deltamem.adapter import MemoryState, use_memory
-from deltamem.runtime.generate import (GenerationConfig, generate_tokens, has_memory, kv_cache_bytes, stop_ids,
-                                       stream_text)
+from deltamem.runtime.generate import (GenerationConfig, PrefixCache, generate_tokens, has_memory, kv_cache_bytes,
+                                       prefill, stop_ids, stream_text)
 from deltamem.runtime.session import MemorySession
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -172,6 +172,30 @@ def test_batched_left_padded_rows_match_single_rows(tiny, tokenizer, lm_head_hoo
     for row, (toks, logits) in enumerate(singles):
         assert [t[row] for t in both] == toks
         torch.testing.assert_close(batched[row], logits, atol=2e-5, rtol=1e-4)
+
+
+def test_prompts_after_a_shared_prefix_match_whole_prompts(sess, lm_head_hook):
+    """`generate_tokens(prefix=...)`: the prefix's KV cache (computed once, under the memory) continued by
+    left-padded rows gives the tokens and logits of generating from prefix + row; the prefix is reusable."""
+    hook = lm_head_hook(sess.model, forbid=True)
+    prompt = sess.prompt_ids("Where does Ana live?")
+    cut = len(sess.renderer.system_ids)
+    head, rows = prompt[:cut], [prompt[cut:], prompt[cut + 3:]]
+    cfg = GenerationConfig(max_new_tokens=5)
+    whole = list(generate_tokens(sess.model, [head + r for r in rows], MemoryState.cat([sess.state] * 2), cfg,
+                                 sess.stop, sess.pad_id))
+    want = torch.stack(hook.logits, 1)
+    pc = PrefixCache(sess.model, head, sess.state)
+    for _ in range(2):
+        start = len(hook.logits)
+        got = list(generate_tokens(sess.model, rows, MemoryState.cat([sess.state] * 2), cfg, sess.stop, sess.pad_id,
+                                   prefix=pc))
+        assert got == whole
+        torch.testing.assert_close(torch.stack(hook.logits[start:], 1), want, atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="memory the prefix was computed with"):
+        prefill(sess.model, rows, None, sess.pad_id, prefix=pc)
+    with pytest.raises(ValueError, match="one row"):
+        PrefixCache(sess.model, head, MemoryState.cat([sess.state] * 2))
 
 
 def test_bare_backbone_and_edge_cases(tiny, tokenizer):
