@@ -74,7 +74,7 @@ def load_general(path: str | None = None) -> list[Conversation]:
 def plain_texts(path: str | None, conversations: tuple[str, ...] = ("conv-43", "conv-44"), turns: int = 60) -> list[str]:
     """Held-out plain text: LoCoMo sessions (`Speaker: text` lines) when `path` is a LoCoMo file, else built-in."""
     if path and os.path.exists(path):
-        from ..train.evaluate import locomo_plain_texts
+        from ..data.locomo import locomo_plain_texts
 
         texts = locomo_plain_texts(path, list(conversations), turns)
         if texts:
