@@ -120,7 +120,7 @@ def create_app(model, tokenizer, store: MemoryStore, *, keys: KeyRing | None = N
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers={"Retry-After": "1"} if e.status == 503 else None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, e: RequestValidationError):

@@ -5,18 +5,25 @@ one the caller read (`UPDATE ... WHERE version = :expected`), in one statement
 and one transaction, so a turn is either wholly stored (state, transcript,
 version) or not at all, and two writers can never both apply a turn on the same
 version. The server adds a per-memory lock on top, so within one process the
-check never fails; it guards against a second process on the same database.
+check never fails; it guards against a second process on the same database,
+whose server then re-applies its write onto the newer version.
+
+A lost or refused connection (the server went away, a killed backend, SQLite
+I/O or lock errors) raises `StoreUnavailable`, whatever the driver: the
+transaction was rolled back by the database, unless the failure hit the very
+end of the commit, which a caller can tell by reading the row again.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import create_engine, delete, event, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -29,6 +36,23 @@ class AlreadyExists(Exception):
 
 class VersionConflict(Exception):
     """The memory changed (or vanished) since it was read."""
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or the connection broke during the call."""
+
+
+def _connection_errors(fn):
+    """Translate the drivers' connection-level errors into `StoreUnavailable`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (DBAPIError, DisconnectionError) as e:
+            if not isinstance(e, (OperationalError, InterfaceError, DisconnectionError)) and not e.connection_invalidated:
+                raise  # a statement the database refused: a bug, not an outage
+            raise StoreUnavailable(f"database unavailable ({type(getattr(e, 'orig', e)).__name__})") from e
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -83,11 +107,13 @@ class MemoryStore:
         self.engine.dispose()
 
     # ---- memories ----------------------------------------------------------------------------
+    @_connection_errors
     def get(self, tenant: str, memory_id: str) -> MemoryRecord | None:
         with self._session() as s:
             row = s.get(MemoryRow, (tenant, memory_id))
             return _record(row) if row is not None else None
 
+    @_connection_errors
     def create(self, tenant: str, memory_id: str, state: bytes, transcript: list[dict], tokens_written: int,
                adapter: str, backbone: str, version: int = 0) -> MemoryRecord:
         """Insert a new memory; `AlreadyExists` if the id is taken (also when another process just took it)."""
@@ -102,6 +128,7 @@ class MemoryStore:
             raise AlreadyExists(f"memory {memory_id!r} already exists") from None
         return _record(row)
 
+    @_connection_errors
     def commit(self, tenant: str, memory_id: str, expected_version: int, state: bytes, transcript: list[dict],
                tokens_written: int, adapter: str | None = None, backbone: str | None = None) -> MemoryRecord:
         """Store a completed write (state + transcript + version + 1) in one transaction, only if the row is
@@ -123,11 +150,13 @@ class MemoryStore:
             row = s.get(MemoryRow, (tenant, memory_id))
             return _record(row)
 
+    @_connection_errors
     def delete(self, tenant: str, memory_id: str) -> bool:
         with self._session() as s, s.begin():
             res = s.execute(delete(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.memory_id == memory_id))
             return res.rowcount == 1
 
+    @_connection_errors
     def count(self, tenant: str | None = None) -> int:
         with self._session() as s:
             q = select(MemoryRow.memory_id)
@@ -136,12 +165,14 @@ class MemoryStore:
             return len(s.execute(q).all())
 
     # ---- API keys ----------------------------------------------------------------------------
+    @_connection_errors
     def set_api_keys(self, hashes: dict[str, str]) -> None:
         """Replace the key table with `{sha256 hex: tenant}` in one transaction."""
         with self._session() as s, s.begin():
             s.execute(delete(ApiKeyRow))
             s.add_all([ApiKeyRow(key_hash=h, tenant=t) for h, t in hashes.items()])
 
+    @_connection_errors
     def api_keys(self) -> dict[str, str]:
         with self._session() as s:
             return {r.key_hash: r.tenant for r in s.scalars(select(ApiKeyRow))}

@@ -81,3 +81,15 @@ def wait_up(proc: subprocess.Popen, port: int, limit: float = 600) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError("server did not come up")
+
+
+def replays(model, tokenizer, data: bytes, messages: list[dict]) -> bool:
+    """Whether an exported memory equals, byte for byte, a fresh session that wrote `messages` as chat
+    turns (user, assistant pairs) in order: the stored state is exactly its transcript's writes."""
+    from deltamem.adapter import MemoryState
+    from deltamem.runtime.session import MemorySession, turn_messages
+
+    replay = MemorySession(model, tokenizer, **MemoryState.from_bytes(data).extra["settings"])
+    for i in range(0, len(messages), 2):
+        replay.write(turn_messages(messages[i]["content"], messages[i + 1]["content"]))
+    return replay.to_bytes() == data
