@@ -107,3 +107,7 @@ def make_app(tiny, tmp_path):
     yield make
     for c in clients:
         c.__exit__(None, None, None)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cluster: starts a local Ray cluster (the `cluster` extra)")

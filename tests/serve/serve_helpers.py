@@ -93,3 +93,48 @@ def replays(model, tokenizer, data: bytes, messages: list[dict]) -> bool:
     for i in range(0, len(messages), 2):
         replay.write(turn_messages(messages[i]["content"], messages[i + 1]["content"]))
     return replay.to_bytes() == data
+
+
+def start_cluster(db: str, port: int, keys: str, log_path: str, replicas: int = 2) -> subprocess.Popen:
+    """`deltamem serve --replicas N` (a local Ray cluster) with the tiny model; output to `log_path` (Ray
+    logs every request: a pipe nobody reads would fill up)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, REPO, os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "deltamem.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", db,
+           "--model-factory", FACTORY, "--model-name", MODEL, "--max-new-tokens", "32", "--api-keys", keys,
+           "--replicas", str(replicas)]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def replica_pids() -> list[int]:
+    """Process ids of the running Ray Serve replicas of the deltamem app (Ray names their processes)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if f.read().startswith(b"ray::ServeReplica:deltamem:DeltaMemReplica"):
+                    pids.append(int(d))
+        except (OSError, ValueError):
+            continue
+    return sorted(pids)
+
+
+def wait_replicas(base: str, n: int, proc: subprocess.Popen | None = None, limit: float = 300) -> dict:
+    """Poll `GET /healthz` until it reports `n` live replicas; returns its body."""
+    import httpx
+
+    t0, body = time.time(), None
+    while time.time() - t0 < limit:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the cluster driver exited ({proc.returncode})")
+        try:
+            r = httpx.get(base + "/healthz", timeout=5)
+            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else None
+            if body and body.get("replicas") == n:
+                return body
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"no {n} live replicas after {limit} s (last /healthz: {body})")

@@ -18,7 +18,7 @@ def test_serve_help_lists_its_options(capsys):
         cli.main(["serve", "--help"])
     out = capsys.readouterr().out
     for opt in ("--host", "--port", "--db", "--adapter", "--backbone", "--api-keys", "--max-body-bytes",
-                "--max-prompt-tokens", "--max-batch"):
+                "--max-prompt-tokens", "--max-batch", "--replicas"):
         assert opt in out
 
 
