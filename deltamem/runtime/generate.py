@@ -5,9 +5,11 @@ is written afterwards, as a message, like any other.
 
 One path for every caller: `prefill` runs the prompt rows (left-padded, after an
 optional `PrefixCache` shared by all rows), `decode` is the decoding loop, and
-`generate_tokens` is the two together. Sessions and the server generate from
-whole prompts; `deltamem eval` prefills a conversation's shared prefix once and
-teacher-forces gold answers through `prefill(..., keep=None)`.
+`generate_tokens` is the two together. Sessions generate from whole prompts;
+`deltamem eval` prefills a conversation's shared prefix once, answers after it
+and teacher-forces gold answers through `prefill(..., keep=K)`. A caller with a
+loop of its own builds it from the same steps: `forward_with_memory` (one model
+call, memory bound for that call) and `pick_next` (argmax or sampling).
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ def stop_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
-    """`logits [B, V]` -> next ids `[B]`."""
+def pick_next(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """`logits [B, V]` -> next ids `[B]`: argmax, or a sample (temperature, top-k, top-p) drawn with `gen`."""
     if not cfg.do_sample:
         return logits.argmax(-1)
     logits = logits.float() / cfg.temperature
@@ -92,7 +94,8 @@ def _keep(model, k: int | None) -> dict:
     return {"logits_to_keep": k}
 
 
-def _forward(model, state: MemoryState | None, **kw):
+def forward_with_memory(model, state: MemoryState | None, **kw):
+    """`model(**kw)` with `state` bound read-only for this call only (None: the bare backbone)."""
     if state is None:
         return model(**kw)
     with use_memory(model, state, write=False):  # bound per call: nothing stays bound while a stream waits
@@ -113,8 +116,8 @@ class PrefixCache:
         self.model, self.state, self.length = model, state, len(prefix_ids)
         self.key = cache_keyword(model)
         dev = next(model.parameters()).device
-        out = _forward(model, state, input_ids=torch.tensor([prefix_ids], device=dev), use_cache=True,
-                       **_keep(model, 1))
+        out = forward_with_memory(model, state, input_ids=torch.tensor([prefix_ids], device=dev), use_cache=True,
+                                  **_keep(model, 1))
         self.cache = getattr(out, self.key)
 
     def expanded(self, rows: int):
@@ -162,8 +165,8 @@ def prefill(model, rows: list[list[int]], state: MemoryState | None, pad_id: int
     pos = (mask.cumsum(-1) - 1)[:, P:].clamp_min(P)  # padding (masked out) takes any position
     key = cache_keyword(model)
     past = {key: prefix.expanded(B)} if prefix is not None else {}
-    out = _forward(model, state, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **past,
-                   **_keep(model, keep))
+    out = forward_with_memory(model, state, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                              **past, **_keep(model, keep))
     return Prefill(out.logits, getattr(out, key), mask, pos)
 
 
@@ -178,7 +181,7 @@ def decode(model, start: Prefill, state: MemoryState | None, cfg: GenerationConf
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     key = cache_keyword(model)
     for step in range(cfg.max_new_tokens):
-        nxt = _pick(logits, cfg, gen).to(dev)
+        nxt = pick_next(logits, cfg, gen).to(dev)
         stopped = done | torch.tensor([int(t) in stop for t in nxt.tolist()], device=dev)
         yield [None if stopped[i] else int(nxt[i]) for i in range(B)]
         done = stopped
@@ -186,8 +189,8 @@ def decode(model, start: Prefill, state: MemoryState | None, cfg: GenerationConf
             return
         mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
         pos = pos[:, -1:] + 1
-        out = _forward(model, state, input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos,
-                       use_cache=True, **{key: cache})
+        out = forward_with_memory(model, state, input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos,
+                                  use_cache=True, **{key: cache})
         cache = getattr(out, key)
         logits = out.logits[:, -1]
 
@@ -204,6 +207,11 @@ def generate_tokens(model, prompts: list[list[int]], state: MemoryState | None, 
     if not prompts:
         return
     yield from decode(model, prefill(model, prompts, state, pad_id, prefix), state, cfg, stop)
+
+
+# deltamem/serve/batching.py (work in progress elsewhere) imports these two old private names; drop them once
+# it imports pick_next / forward_with_memory.
+_pick, _forward = pick_next, forward_with_memory
 
 
 class TextDecoder:
