@@ -87,7 +87,8 @@ _report_command.__name__ = "eval report"
 
 def add_parser(subparsers) -> None:
     """Register `eval` (one sub-command per suite, plus `report`) on the main parser's sub-parsers."""
-    p = subparsers.add_parser("eval", help="evaluate memory methods on LoCoMo, MemoryAgentBench and general skills",
+    p = subparsers.add_parser("eval", help="evaluate memory methods on LoCoMo, MemoryAgentBench, held-out synthetic chats and general "
+                                   "skills",
                               description=__doc__)
     sub = p.add_subparsers(title="suites", dest="suite", required=True)
     for name, s in SUITES.items():
@@ -98,16 +99,17 @@ def add_parser(subparsers) -> None:
         q.add_argument("--window", type=int, default=1024, help="history tokens in the prompt, W (default: 1024)")
         q.add_argument("--adapter", default=None, help="adapter folder (default: the shipped one)")
         q.add_argument("--backbone", default=None, help="backbone folder or hub id (default: embedded SmolLM2-135M)")
-        q.add_argument("--data", default=None, help="data file (default: the suite's file under ../shared/data)")
+        q.add_argument("--data", default=None, help="data file (default: the suite's file under ../shared/data; "
+                       "synthetic is generated and takes none)")
         q.add_argument("--limit", type=int, default=None, help="items per conversation (round-robin over categories)")
         q.add_argument("--conversations", default=None,
                        help="comma-separated conversation ids (LoCoMo default: those no training recipe uses; "
                             "general: its built-in chat, or a LoCoMo conversation such as conv-41 written as the "
-                            "history)")
+                            "history; synthetic: recall-000, ..., update-000, ...)")
         q.add_argument("--out", default=None, help=f"results folder (default: runs/eval/{name})")
         q.add_argument("--max-new-tokens", type=int, default=32)
         q.add_argument("--batch-size", type=int, default=8, help="questions answered together")
-        q.add_argument("--seed", type=int, default=0, help="mab-synth generator seed")
+        q.add_argument("--seed", type=int, default=0, help="generator seed of mab-synth and synthetic")
         q.add_argument("--summary-tokens", type=int, default=128, help="budget of the summary method's summary")
         q.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
         q.set_defaults(_fn=eval_suite)

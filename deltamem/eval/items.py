@@ -15,7 +15,9 @@ class Item:
     `query` the bare question a retriever searches with (defaults to `question`);
     `answers` the gold answers; `match` says how a prediction is scored against
     them ("locomo": the official LoCoMo rules, "any": one gold answer appears in
-    the normalised prediction, "all": the fraction of gold answers that appear).
+    the normalised prediction, "all": the fraction of gold answers that appear,
+    "label": the first number is the gold label, "contains": one gold answer
+    appears as whole words in the normalised prediction).
     """
 
     id: str

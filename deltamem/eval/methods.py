@@ -114,6 +114,13 @@ def question_ids(env: Env, item: Item) -> list[int]:
     return env.renderer.encode(env.renderer.message({"role": "user", "content": item.question})) + env.gen_ids
 
 
+def answer_ids(env: Env, text: str) -> list[int]:
+    """A gold reply as the model would write it after the generation prompt: its tokens, then end of turn
+    (as training's answer targets are)."""
+    end = env.tokenizer.eos_token_id
+    return env.renderer.encode(text) + ([end] if end is not None else [])
+
+
 def build(env: Env, method: str, condition: str | None, prep: Prepared, partner: Prepared | None) -> Context:
     """The context of `method` for one conversation (writes memory / summarises on first use)."""
     r = env.renderer

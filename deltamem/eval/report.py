@@ -10,10 +10,16 @@ comparison. The ratios, per suite and window W:
 * delta-mem / window: δ-mem `window+memory` at W against the `window` baseline at W;
 * delta-mem / best: the same against the best non-δ-mem method at W.
 
-Only rows with as many answered items from the same conversations take part
-(a baseline still running is left out of the comparison).
+(and the same two for every other δ-mem condition that was run). Only rows
+with as many answered items from the same conversations take part (a baseline
+still running is left out of the comparison).
 
-(and the same two for every other δ-mem condition that was run).
+Each row also shows the mean answer CE (teacher-forced cross-entropy of the
+gold answer where the reply is generated, nats per token; records from before
+it was measured are left out of the mean). When memory-only and mismatched
+δ-mem ran on the same items, the ratios add answer CE own / mismatched: below
+1 when the conversation's own memory makes the gold answer likelier than
+another conversation's memory does.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ def aggregate(records: list[dict]) -> dict:
                "overall": _mean([r["score"] for r in scored]),
                "categories": {c: {"score": _mean(v), "n": len(v)} for c, v in sorted(cats.items())},
                "latency_s": _mean([r["latency_s"] for r in scored if r.get("latency_s") is not None]),
+               "answer_ce": _mean([r["answer_ce"] for r in scored if r.get("answer_ce") is not None]),
                "notes": sorted({r.get("skipped") or r.get("note") or "" for r in rs} - {""})}
         if suite == "locomo":
             row["overall_1_4"] = _mean([r["score"] for r in scored if int(r["category"]) in (1, 2, 3, 4)])
@@ -103,6 +110,13 @@ def ratios(agg: dict) -> list[dict]:
                             "best_score": best["headline"] if best else None,
                             "delta_mem/window": _ratio(dm["headline"], win["headline"] if win else None),
                             "delta_mem/best": _ratio(dm["headline"], best["headline"] if best else None)})
+        own = next((r for r in rows if r["label"] == "delta-mem:memory-only"), None)
+        other = next((r for r in rows if r["label"] == "delta-mem:mismatched"), None)
+        if own and other and own["answer_ce"] and other["answer_ce"] and own["n"] == other["n"] \
+                and own["conversations"] == other["conversations"]:
+            out.append({"suite": suite, "answer_ce": "delta-mem:memory-only / delta-mem:mismatched",
+                        "own_ce": own["answer_ce"], "mismatched_ce": other["answer_ce"],
+                        "ratio": own["answer_ce"] / other["answer_ce"]})
         p = s.get("perplexity") or {}
         if "none" in p:
             for lab, v in p.items():
@@ -136,14 +150,14 @@ def markdown(agg: dict, rats: list[dict]) -> str:
         extra = ["1-4", "1-5"] if suite == "locomo" else ["overall"]
         names = [f"{c} {CATEGORIES[int(c)]}" if suite == "locomo" and c.isdigit() and int(c) in CATEGORIES else c
                  for c in cats]
-        lines += [f"### {suite}", "", "| method | W | n | " + " | ".join(names + extra) + " | s / question |",
-                  "|---|---:|---:|" + "---:|" * (len(cats) + len(extra) + 1)]
+        lines += [f"### {suite}", "", "| method | W | n | " + " | ".join(names + extra) +
+                  " | answer CE | s / question |", "|---|---:|---:|" + "---:|" * (len(cats) + len(extra) + 2)]
         for r in sorted(s["rows"], key=lambda r: (r["window"] or 0, _order(r["label"]))):
             vals = [_f(r["categories"].get(c, {}).get("score")) for c in cats]
             vals += [_f(r.get("overall_1_4")), _f(r["overall"])] if suite == "locomo" else [_f(r["overall"])]
             n = f"{r['n']}" + (f" (+{r['skipped']} skipped)" if r["skipped"] else "")
             lines.append(f"| {r['label']} | {r['window'] or '-'} | {n} | " + " | ".join(vals) +
-                         f" | {_f(r['latency_s'], 2)} |")
+                         f" | {_f(r.get('answer_ce'))} | {_f(r['latency_s'], 2)} |")
         for lab, v in (s.get("perplexity") or {}).items():
             lines.append(f"\nperplexity ({lab}): {v:.2f}")
         lines.append("")
@@ -154,6 +168,10 @@ def markdown(agg: dict, rats: list[dict]) -> str:
             if "perplexity" in q:
                 lines.append(f"| {q['suite']} | - | {q['perplexity']} perplexity / backbone | "
                              f"{q['ratio_to_backbone']:.3f} | |")
+                continue
+            if "answer_ce" in q:
+                lines.append(f"| {q['suite']} | - | answer CE, {q['answer_ce']} | {q['ratio']:.3f} "
+                             f"({q['own_ce']:.3f} / {q['mismatched_ce']:.3f}) | |")
                 continue
             lines.append(f"| {q['suite']} | {q['window'] or '-'} | {q['delta_mem']} | {_f(q['delta_mem/window'], 2)} | "
                          f"{_f(q['delta_mem/best'], 2)} ({q['best_label']}) |")

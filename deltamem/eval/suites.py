@@ -44,6 +44,10 @@ class Suite:
 
             _need(data, self.name)
             return load_conflict_resolution(data)
+        if self.name == "synthetic":
+            from .synthetic import heldout_conversations
+
+            return heldout_conversations(seed=seed)
         if self.name == "mab-synth":
             from .mab import load_synthetic, write_synthetic
 
@@ -69,6 +73,9 @@ SUITES = {s.name: s for s in (
           "accuracy"),
     Suite("mab-synth", "synthetic MemoryAgentBench competencies (RULER NIAH, variable tracking, ICL, spread facts)",
           "accuracy"),
+    Suite("synthetic", "held-out synthetic chats (names, values, statements and questions unseen in training): "
+          "facts among filler and updated facts, one question each, normalised containment of the answer",
+          "accuracy"),
     Suite("general", "general ability: plain-text perplexity and a small QA set, with and without memory",
           "accuracy"),
 )}
@@ -89,9 +96,27 @@ def score_item(prediction: str, item: Item) -> float:
         from .locomo import score
 
         return score(prediction, item.answers[0], int(item.category))
+    if item.match == "contains":
+        from .synthetic import contains_score
+
+        return contains_score(prediction, item.answers)
     from .mab import substring_score
 
     return substring_score(prediction, item.answers, item.match)
+
+
+def target_text(item: Item) -> str | None:
+    """The gold reply whose cross-entropy is measured (`answer_ce`): the first gold answer (LoCoMo
+    category 3: its text before `;`, as scored; "all" items: every answer, comma-separated). None for
+    LoCoMo category 5, whose right reply is an option letter, not the gold text."""
+    if item.match == "locomo":
+        cat = int(item.category)
+        if cat == 5:
+            return None
+        return item.answers[0].split(";")[0].strip() if cat == 3 else item.answers[0]
+    if item.match == "all":
+        return ", ".join(item.answers)
+    return item.answers[0] if item.answers else None
 
 
 def select(convs: list[Conversation], ids: list[str] | None, limit: int | None) -> list[Conversation]:

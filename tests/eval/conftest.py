@@ -29,7 +29,7 @@ def data_files(tmp_path):
     lc.write_text(json.dumps(LOCOMO))
     cr.write_text(json.dumps(mab_rows()))
     synth = write_synthetic(tmp_path / "synth.json", seed=3, per_task=1, lines=6)
-    return {"locomo": str(lc), "mab-cr": str(cr), "mab-synth": synth, "general": None}
+    return {"locomo": str(lc), "mab-cr": str(cr), "mab-synth": synth, "general": None, "synthetic": None}
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,14 @@ from eval_helpers import bow_encode
 RUNS = [("none", None), ("window", None), ("full", None), ("rag-bm25", None), ("rag-dense", None),
         ("summary", None), ("delta-mem", "memory-only"), ("delta-mem", "window+memory"),
         ("delta-mem", "full+memory"), ("delta-mem", "mismatched")]
-SUITES = ("locomo", "mab-cr", "mab-synth", "general")
+SUITES = ("locomo", "mab-cr", "mab-synth", "general", "synthetic")
+FEW = {"synthetic": ["recall-000", "recall-001", "update-000"]}  # of its 48 generated conversations
 
 
 def spec(suite, method, condition, data_files, out, **kw):
     return EvalSpec(suite, method, condition, window=kw.pop("window", 96), data=data_files[suite], out=str(out),
-                    limit=kw.pop("limit", 3), max_new_tokens=4, batch_size=2, summary_tokens=16, **kw)
+                    limit=kw.pop("limit", 3), max_new_tokens=4, batch_size=2, summary_tokens=16,
+                    conversations=kw.pop("conversations", FEW.get(suite)), **kw)
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -41,6 +43,8 @@ def test_every_method_runs_and_writes_all_outputs(suite, tiny, tokenizer, data_f
     for r in answered:
         assert r["score"] is not None and 0.0 <= r["score"] <= 1.0, r
         assert isinstance(r["prediction"], str) and r["latency_s"] >= 0 and r["prompt_tokens"] > 0
+        no_text = suite == "locomo" and r["category"] == 5  # the right reply is an option letter
+        assert (r["answer_ce"] is None) if no_text else (0 < r["answer_ce"] < 30), r
         assert (r["window"] == 96) == (r["label"] in ("window", "rag-bm25", "rag-dense", "summary",
                                                         "delta-mem:window+memory"))
     assert len({r["key"] for r in recs}) == len(recs)

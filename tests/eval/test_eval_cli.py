@@ -111,3 +111,25 @@ def test_reruns_resume_and_windows_share_window_free_results(tiny, tokenizer, da
     assert sorted({r["window"] for r in after if r["label"] == "window"}) == [96, 200]
     # the memory state was written once per conversation and reused from the cache
     assert len([f for f in os.listdir(os.path.join(out, "cache")) if f.startswith("state-")]) == 2
+
+
+def test_synthetic_suite_from_the_command_line(tiny_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as ex:
+        cli.main(["eval", "synthetic", "--help"])
+    assert ex.value.code == 0 and "held-out synthetic chats" in capsys.readouterr().out
+    out = str(tmp_path / "syn")
+    common = ["--backbone", tiny_dir, "--out", out, "--conversations", "recall-000,update-000", "--max-new-tokens",
+              "3", "--threads", "1"]
+    for cond in ("memory-only", "mismatched"):
+        rc, text, err = run_main(["eval", "synthetic", "--method", "delta-mem", "--condition", cond, *common], capsys)
+        assert rc == 0, err
+    rc, text, err = run_main(["eval", "report", out], capsys)
+    assert rc == 0, err
+    assert "### synthetic" in text and "| recall | update | overall | answer CE |" in text
+    assert "answer CE, delta-mem:memory-only / delta-mem:mismatched" in text
+    assert {r["conversation"] for r in read_results(out)} == {"recall-000", "update-000"}
+
+
+def test_synthetic_takes_no_data_file(no_model, capsys):
+    rc, _, err = run_main(["eval", "synthetic", "--method", "none", "--data", "x.json"], capsys)
+    assert rc == 2 and "takes no --data" in err
