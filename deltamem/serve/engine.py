@@ -1,20 +1,23 @@
 """`Engine`: the one thread that owns the model. Everything that touches the model or the tokenizer
 runs here, so no two forwards ever race and the tokenizer is never shared between threads.
 
-Micro-batching: generation requests that arrive together (within `batch_wait_s`
-of each other, up to `max_batch`) and share their sampling settings are decoded
-in the same forward passes; each row carries its own memory state (the batch is
-`MemoryState.cat` of the rows) and its own KV cache row (`generate_tokens`
-left-pads the prompts). A row stops at its own EOS or `max_new_tokens`; the
-batch runs until its last row stops. Writes run one at a time through
-`MemorySession.write`, the same path as a local session, so a stored state can
-be reproduced bit-exactly by replaying its transcript.
+Continuous batching: the loop keeps one running batch of replies (`batching.Running`)
+and, between two decode steps, runs the calls that arrived meanwhile (loading a
+session, rendering a prompt, a write) and takes in waiting generation requests,
+up to `max_batch` rows: they are prefilled together and join the batch, which
+decodes them alongside the others from the next step on. Each row carries its
+own memory state, KV cache row, sampling settings and generator, and leaves the
+batch as soon as it stops (EOS or `max_new_tokens`). An idle engine waits
+`batch_wait_s` after a first request so that requests arriving together are
+prefilled together. `max_batch=1` serves generation requests one at a time.
+Writes run one at a time through `MemorySession.write`, the same path as a
+local session, so a stored state can be reproduced bit-exactly by replaying its
+transcript.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import queue
 import threading
 import time
@@ -22,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..adapter import MemoryState
-from ..runtime.generate import GenerationConfig, TextDecoder, generate_tokens, stop_ids
+from ..runtime.generate import GenerationConfig, stop_ids
+from .batching import Running, mergeable
 
 Event = tuple[str, object]  # ("text", str) | ("done", {"finish_reason", "completion_tokens"}) | ("error", exc)
 
@@ -33,11 +37,6 @@ class GenJob:
     state: MemoryState  # one row
     cfg: GenerationConfig
     emit: Callable[[str, object], None]  # called from the engine thread
-
-    def key(self) -> tuple:
-        """Rows decode together only when their sampling settings agree (a seeded row decodes alone)."""
-        c = self.cfg
-        return (c.do_sample, c.temperature, c.top_k, c.top_p, id(self) if c.seed is not None else None)
 
 
 @dataclass
@@ -56,8 +55,10 @@ class Engine:
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self.stop = stop_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.batches: list[int] = []  # rows per generation batch (for the benchmark)
+        self.batches: list[int] = []  # rows of each decode step (for the benchmark)
         self._q: queue.Queue = queue.Queue()
+        self._waiting: list[GenJob] = []
+        self._mergeable: bool | None = None  # known after the first prefill
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="deltamem-engine", daemon=True)
         self._thread.start()
@@ -93,74 +94,91 @@ class Engine:
             except BaseException as e:  # handed to the caller
                 job.future.set_exception(e)
 
-    def _collect(self, first: GenJob) -> list[GenJob]:
-        """`first` plus the generation requests that arrive within `batch_wait_s`. Calls that arrive
-        meanwhile (loading a session, rendering a prompt, a write) run at once, so the requests behind
-        them can still make this batch."""
-        jobs = [first]
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(jobs) < self.max_batch:
-            wait = deadline - time.monotonic()
+    def _drain(self, block: bool) -> bool:
+        """Run the calls and queue the generation requests that are waiting (with `block`, first wait for
+        one job, then `batch_wait_s` more for the requests that arrive with it). False once closed."""
+        deadline = None
+        while True:
             try:
-                job = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
+                if block and deadline is None:
+                    job = self._q.get()
+                elif deadline is not None and (wait := deadline - time.monotonic()) > 0:
+                    job = self._q.get(timeout=wait)
+                else:
+                    job = self._q.get_nowait()
             except queue.Empty:
-                break
+                return True
             if job is None:
-                self._q.put(None)
-                break
+                return False
             if isinstance(job, CallJob):
                 self._call(job)
-            else:
-                jobs.append(job)
-        return jobs
+                continue
+            self._waiting.append(job)
+            if block and deadline is None:
+                deadline = time.monotonic() + self.batch_wait_s
 
     def _loop(self) -> None:
-        while True:
-            first = self._q.get()
-            if first is None:
-                return
-            if isinstance(first, CallJob):
-                self._call(first)
-                continue
-            groups: dict[tuple, list[GenJob]] = {}
-            for job in self._collect(first):
-                groups.setdefault(job.key(), []).append(job)
-            for group in groups.values():
-                self._generate(group)
+        batch: Running | None = None
+        open_ = True
+        while open_ or batch is not None:
+            if open_:
+                open_ = self._drain(block=batch is None and not self._waiting)
+            free = self.max_batch - (len(batch.rows) if batch else 0)
+            if self._waiting and free > 0 and (batch is None or self._mergeable):
+                jobs, self._waiting = self._waiting[:free], self._waiting[free:]
+                batch = self._admit(batch, jobs)
+            if batch is not None:
+                batch = self._step(batch)
+        for job in self._waiting:
+            job.emit("error", RuntimeError("the engine is closed"))
 
-    def _generate(self, rows: list[GenJob]) -> None:
-        self.batches.append(len(rows))
-        finished = [False] * len(rows)
+    def _admit(self, batch: Running | None, jobs: list[GenJob]) -> Running | None:
+        """Prefill `jobs` and add them to `batch` (or start one); a failed prefill fails only these jobs."""
         try:
-            cfg = dataclasses.replace(rows[0].cfg, max_new_tokens=max(j.cfg.max_new_tokens for j in rows))
-            state = MemoryState.cat([j.state for j in rows])
-            decoders = [TextDecoder(self.tokenizer) for _ in rows]
-            counts = [0] * len(rows)
+            new = Running.start(self.model, jobs, self.tokenizer, self.pad_id)
+        except Exception as e:  # noqa: BLE001 - handed to the requests
+            for j in jobs:
+                j.emit("error", e)
+            return batch
+        if self._mergeable is None:
+            self._mergeable = mergeable(new.cache)
+        if batch is None:
+            return new
+        batch.join(new)
+        return batch
 
-            def finish(i: int, reason: str) -> None:
-                finished[i] = True
-                if tail := decoders[i].finish():
-                    rows[i].emit("text", tail)
-                rows[i].emit("done", {"finish_reason": reason, "completion_tokens": counts[i]})
+    def _step(self, batch: Running) -> Running | None:
+        """Pick and hand out every row's next token, let stopped rows go, and run one decode forward for
+        the rest. Returns the batch, or None once it is empty."""
+        try:
+            tokens = batch.pick()
+            keep = []
+            for i, (row, tok) in enumerate(zip(batch.rows, tokens)):
+                if tok in self.stop:
+                    self._finish(row, "stop")
+                    continue
+                row.count += 1
+                if piece := row.decoder.push(tok):
+                    row.job.emit("text", piece)
+                if row.count >= row.cfg.max_new_tokens:
+                    self._finish(row, "length")
+                else:
+                    keep.append(i)
+            if not keep:
+                return None
+            batch.keep(keep)
+            self.batches.append(len(keep))
+            batch.step([tokens[i] for i in keep])
+            return batch
+        except Exception as e:  # noqa: BLE001 - every row still waiting hears about it
+            for row in batch.rows:
+                if not row.done:
+                    row.job.emit("error", e)
+            return None
 
-            for step in generate_tokens(self.model, [j.prompt for j in rows], state, cfg, self.stop, self.pad_id):
-                for i, tok in enumerate(step):
-                    if finished[i]:
-                        continue
-                    if tok is None:
-                        finish(i, "stop")
-                        continue
-                    counts[i] += 1
-                    if piece := decoders[i].push(tok):
-                        rows[i].emit("text", piece)
-                    if counts[i] >= rows[i].cfg.max_new_tokens:
-                        finish(i, "length")
-                if all(finished):
-                    break
-            for i in range(len(rows)):
-                if not finished[i]:
-                    finish(i, "length")
-        except Exception as e:  # every row still waiting hears about it
-            for i, j in enumerate(rows):
-                if not finished[i]:
-                    j.emit("error", e)
+    @staticmethod
+    def _finish(row, reason: str) -> None:
+        row.done = True
+        if tail := row.decoder.finish():
+            row.job.emit("text", tail)
+        row.job.emit("done", {"finish_reason": reason, "completion_tokens": row.count})

@@ -108,15 +108,26 @@ def start_cluster(db: str, port: int, keys: str, log_path: str, replicas: int = 
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def replica_pids() -> list[int]:
-    """Process ids of the running Ray Serve replicas of the deltamem app (Ray names their processes)."""
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def replica_pids(driver: int) -> list[int]:
+    """Process ids of the Ray Serve replicas of the deltamem app started by the `deltamem serve --replicas`
+    process `driver` (Ray names their processes; only this driver's descendants count)."""
     pids = []
     for d in os.listdir("/proc"):
         try:
             with open(f"/proc/{d}/cmdline", "rb") as f:
-                if f.read().startswith(b"ray::ServeReplica:deltamem:DeltaMemReplica"):
-                    pids.append(int(d))
-        except (OSError, ValueError):
+                if not f.read().startswith(b"ray::ServeReplica:deltamem:DeltaMemReplica"):
+                    continue
+            pid = int(d)
+            while pid > 1 and pid != driver:
+                pid = _parent(pid)
+            if pid == driver:
+                pids.append(int(d))
+        except (OSError, ValueError, IndexError):
             continue
     return sorted(pids)
 

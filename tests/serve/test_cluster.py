@@ -24,6 +24,7 @@ from test_live import acme, test_auth_401_and_cross_tenant_404, test_openai_clie
 
 pytestmark = pytest.mark.cluster
 HDR = {"Authorization": f"Bearer {h.KEYS['acme']}"}
+DRIVER = [0]  # the pid of the cluster's `deltamem serve --replicas` process
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,7 @@ def live(keys_file, tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     try:
         h.wait_replicas(base, 2, proc)
+        DRIVER[0] = proc.pid
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)  # the driver takes its local Ray cluster down with it
@@ -99,7 +101,7 @@ def test_sigkill_of_one_replica_under_load(live):
                 with lock:
                     mine.append((time.time(), r.status_code, r.json()))
 
-    pids = h.replica_pids()
+    pids = h.replica_pids(DRIVER[0])
     assert len(pids) == 2, pids
     with concurrent.futures.ThreadPoolExecutor(4) as ex:
         futures = [ex.submit(user, u) for u in range(4)]
@@ -108,7 +110,7 @@ def test_sigkill_of_one_replica_under_load(live):
         os.kill(pids[0], signal.SIGKILL)
         killed = time.time()
         try:
-            while not set(h.replica_pids()) - set(pids) and time.time() - killed < 180:  # Ray starts a new one
+            while not set(h.replica_pids(DRIVER[0])) - set(pids) and time.time() - killed < 180:  # Ray starts a new one
                 time.sleep(0.5)
             h.wait_replicas(live, 2, limit=180)
             while sum(t > killed + 2 for rs in results.values() for t, _, _ in rs) < 8:
@@ -120,7 +122,7 @@ def test_sigkill_of_one_replica_under_load(live):
     assert all(s == 200 or (s == 503 and b["error"]["code"] == "replica_unavailable") for _, s, b in answers), [
         (s, b) for _, s, b in answers if s != 200][:3]
     assert any(s == 200 and killed < t for t, s, _ in answers)  # answered while the replica was gone ...
-    assert set(h.replica_pids()) - set(pids)  # ... and a new replica process took its place
+    assert set(h.replica_pids(DRIVER[0])) - set(pids)  # ... and a new replica process took its place
     with httpx.Client(base_url=live, headers=HDR, timeout=120) as c:
         for u, rs in results.items():
             info = c.get(f"/v1/memories/kill{u}").json()
