@@ -99,15 +99,16 @@ def ask(question: str, session: str = "default", window: int | None = None, adap
     print(sess.ask(question, max_new_tokens=max_new_tokens))
 
 
-def train(config: str, overrides: list[str] | None = None, resume: bool = False) -> None:
-    """Train an adapter from a YAML recipe (configs/train/*.yaml); `--set key=value` overrides
-    (e.g. `--set steps=50 --set adapter.rank=4`). Under torchrun the same command runs data-parallel."""
-    from .train import Trainer, TrainConfig, init_distributed
+def train(config: str, overrides: list[str] | None = None, resume: bool = True) -> None:
+    """Train an adapter from a recipe chain or a single recipe (configs/train/*.yaml): the chain's stages
+    run in order, a finished stage is skipped and an interrupted one resumes from its checkpoint (pass
+    --no-resume to start over). `--set key=value` overrides every stage (e.g. `--set optim.steps=50
+    --set run.device=cuda`). Under torchrun the same command runs data-parallel."""
+    from .train import init_distributed, train_chain
 
-    cfg = TrainConfig.from_yaml(config, _pairs(overrides))
     init_distributed()
-    last = Trainer(cfg).fit(resume=resume)
-    print(json.dumps(last))
+    adapter = train_chain(config, _pairs(overrides), resume=resume)
+    print(json.dumps({"adapter": adapter, "complete": adapter is not None}))
 
 
 def _pairs(overrides: list[str] | None) -> dict[str, str]:
@@ -121,26 +122,10 @@ def _pairs(overrides: list[str] | None) -> dict[str, str]:
     return pairs
 
 
-def train_eval(adapter: str, recipe: str = "configs/train/smollm2-135m-tsw.yaml", episodes: int = 48, locomo: str | None = None,
-               out: str | None = None, overrides: list[str] | None = None, validation: bool = False) -> None:
-    """Held-out figures of a trained adapter: answer CE with the own / a mismatched / a zero memory and
-    with the history in the prompt, greedy memory-only accuracy against the same controls (also on chats
-    stating one fact and nothing else), which of an attribute's candidate values each memory makes
-    likeliest, the write gates on value tokens, and the perplexity ratio on plain text (LoCoMo
-    conversations conv-43/44, memory from conv-41) when `--locomo` is given.
-    `--set key=value` overrides recipe keys, e.g. `--set answer_space=true` for an adapter trained that way.
-    `--validation` reports only greedy accuracy on the recipe's validation episodes (the training
-    distribution under a seed training never uses), by answer kind: the figure to choose adapters on."""
-    from .train.evaluate import main_report
-
-    report = main_report(adapter, recipe, episodes, locomo, out, _pairs(overrides), validation)
-    print(json.dumps(report, indent=2))
-
-
 from .bench.serve import bench  # noqa: E402  (these modules import the server packages only when run)
 from .serve.cli import serve  # noqa: E402
 
-COMMANDS = [demo, chat, write, ask, train, train_eval, serve, bench]
+COMMANDS = [demo, chat, write, ask, train, serve, bench]
 
 
 # ---- argparse from signatures ----------------------------------------------------------------

@@ -63,6 +63,17 @@ class DeltaMem(nn.Module):
     def fingerprint(self) -> str:
         return self.backbone["fingerprint"]
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters by role, for optimizers that give each its own learning rate:
+        `project` (each layer's packed `W = [W_q; W_k; W_v; W_b]`), `gates` (the gate biases `c_b`)
+        and `read` (the corrections `U`). Together they are every parameter, each once."""
+        groups: dict[str, list[nn.Parameter]] = {"project": [], "gates": [], "read": []}
+        for layer in self.layers.values():
+            groups["project"].append(layer.W)
+            groups["gates"].append(layer.c_b)
+            groups["read"] += list(layer.U.values())
+        return groups
+
 
 def get_delta_mem(model: nn.Module) -> DeltaMem:
     dm = getattr(model, "delta_mem", None)

@@ -1,4 +1,17 @@
-"""`TrainConfig`: a training recipe (YAML under configs/train/), validated field by field."""
+"""A training recipe in sections, validated key by key (docs/training.md).
+
+    backbone: null                 # a local HF folder; null = the embedded SmolLM2-135M-Instruct
+    init: null                     # null = a fresh adapter; else a saved adapter (a chain resolves stage names)
+    adapter:    {...}              # DeltaMemConfig fields
+    data:       {...}              # DataConfig: which conversations, how episodes are cut
+    objectives: {...}              # ObjectivesConfig: the weight of each loss term
+    preserve:   {...}              # PreserveConfig: the text read with a memory to keep general ability
+    optim:      {...}              # OptimConfig: steps, batch, learning rates per parameter group
+    run:        {...}              # RunConfig: where, seed, checkpoints, time limit, device
+
+Every section is a dataclass; unknown keys and values of the wrong type or range are errors that name
+the key (`data.facts`), so a typo in a recipe fails before anything loads.
+"""
 
 from __future__ import annotations
 
@@ -7,160 +20,245 @@ import re
 import typing
 from dataclasses import dataclass, field
 
-import yaml
-
 from ..adapter import DeltaMemConfig
+
+
+class RecipeError(ValueError):
+    """A recipe key is unknown, of the wrong type or out of range; the message names it."""
+
+
+@dataclass
+class DataConfig:
+    """Episodes: a conversation written into memory, then questions and continuations read back.
+
+    sources: mixture weights: `chats` (generated multi-session chats: varied names, places, facts, phrasings
+        and small talk, see `train/chats.py`) and `locomo` (real conversations of `locomo_path`, whole).
+    locomo_path: a LoCoMo-format file; its `locomo_conversations` give small talk to `chats` and whole
+        conversations to `locomo`.
+    facts: range of personal facts stated in one generated chat.
+    sessions / turns: range of sessions per chat and of small-talk turns per session.
+    queries: reads per written history (its questions and continuations share one write pass).
+    continuation: share of reads that continue the conversation (its next turn) instead of a question.
+    window: share of reads that keep the last `window_tokens` of history in the prompt (window+memory).
+    window_tokens: range of that window's size in tokens (whole messages).
+    max_write_tokens: most history tokens written (the history keeps its last messages that fit).
+    max_read_tokens: most tokens of one read (the teacher's prompt holds the history on top).
+    """
+
+    sources: dict = field(default_factory=lambda: {"chats": 1.0})
+    locomo_path: str | None = None
+    locomo_conversations: list = field(default_factory=list)
+    facts: list = field(default_factory=lambda: [1, 3])
+    sessions: list = field(default_factory=lambda: [2, 4])
+    turns: list = field(default_factory=lambda: [2, 8])
+    queries: int = 2
+    continuation: float = 0.25
+    window: float = 0.3
+    window_tokens: list = field(default_factory=lambda: [64, 256])
+    max_write_tokens: int = 768
+    max_read_tokens: int = 160
+
+    def check(self):
+        known = {"chats", "locomo"}
+        if not self.sources or set(self.sources) - known or any(
+                not isinstance(w, (int, float)) or w < 0 for w in self.sources.values()) or not any(self.sources.values()):
+            raise RecipeError(f"data.sources must map some of {sorted(known)} to non-negative weights (one > 0), "
+                              f"got {self.sources}")
+        if (self.sources.get("locomo") or self.locomo_conversations) and not (self.locomo_path and self.locomo_conversations):
+            raise RecipeError("data.locomo_path and data.locomo_conversations must both be set when the locomo "
+                              "source or LoCoMo small talk is used")
+        for name in ("facts", "sessions", "turns", "window_tokens"):
+            _range(f"data.{name}", getattr(self, name), 1 if name != "turns" else 0)
+        for name in ("queries", "max_write_tokens", "max_read_tokens"):
+            _at_least(f"data.{name}", getattr(self, name), 1)
+        for name in ("continuation", "window"):
+            _share(f"data.{name}", getattr(self, name))
+
+
+@dataclass
+class ObjectivesConfig:
+    """The weight of each loss term (0 = off); see `train/objectives.py`.
+
+    distill: KL(teacher || student) on every read token: the teacher is the frozen backbone with the
+        whole history in its prompt, the student the same backbone with the history in memory only (or
+        with only its last `window_tokens` in the prompt).
+    answer_ce: cross-entropy of the gold answer of questions that have one.
+    gate_reg / gate_target: `gate_reg * (mean write-pass gate - gate_target)^2` (docs/design.md section 5).
+    """
+
+    distill: float = 1.0
+    answer_ce: float = 0.0
+    gate_reg: float = 0.01
+    gate_target: float = 0.05
+
+    def check(self):
+        for f in dataclasses.fields(self):
+            _at_least(f"objectives.{f.name}", getattr(self, f.name), 0)
+        _share("objectives.gate_target", self.gate_target)
+
+
+@dataclass
+class PreserveConfig:
+    """KL(frozen backbone || backbone + the episode's memory) on text unrelated to the memory.
+
+    weight: the term's weight (0 = off). tokens: tokens per row. chat: share of rows that are a chat
+    exchange (the LoCoMo conversations' turns as user/assistant) rather than plain text.
+    """
+
+    weight: float = 0.0
+    tokens: int = 128
+    chat: float = 0.5
+
+    def check(self):
+        _at_least("preserve.weight", self.weight, 0)
+        _at_least("preserve.tokens", self.tokens, 8)
+        _share("preserve.chat", self.chat)
+
+
+GROUPS = ("project", "gates", "read")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a warmup-then-cosine schedule.
+
+    lr_scale: a learning-rate multiplier per parameter group the adapter names (`DeltaMem.param_groups`):
+        `project` (W: the q/k/v/gate projections), `gates` (the gate biases c_b), `read` (U, the corrections).
+    batch_size: episodes per optimizer step over all ranks; grad_accum micro-batches per rank.
+    """
+
+    steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    warmup: float = 0.1
+    grad_clip: float = 1.0
+    lr_scale: dict = field(default_factory=dict)
+
+    def check(self):
+        for name in ("steps", "batch_size", "grad_accum"):
+            _at_least(f"optim.{name}", getattr(self, name), 1)
+        if self.batch_size % self.grad_accum:
+            raise RecipeError(f"optim.batch_size ({self.batch_size}) must be a multiple of optim.grad_accum "
+                              f"({self.grad_accum})")
+        _at_least("optim.lr", self.lr, 0)
+        _share("optim.warmup", self.warmup)
+        bad = sorted(set(self.lr_scale) - set(GROUPS))
+        if bad or any(not isinstance(v, (int, float)) or v <= 0 for v in self.lr_scale.values()):
+            raise RecipeError(f"optim.lr_scale maps {list(GROUPS)} to positive multipliers, got {self.lr_scale}")
+
+
+@dataclass
+class RunConfig:
+    """out_dir: where checkpoints, the log and the adapter go (a chain puts each stage in a subfolder).
+    eval_every / eval_conversations: validation on held-out synthetic chats (`deltamem eval synthetic`).
+    max_minutes: wall-time budget from set-up on; the run stops cleanly (checkpoint, adapter) when spent.
+    device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"."""
+
+    out_dir: str = "runs/train"
+    seed: int = 0
+    eval_every: int = 50
+    eval_conversations: int = 16
+    checkpoint_every: int = 25
+    max_minutes: float | None = None
+    threads: int | None = None
+    device: str = "auto"
+
+    def check(self):
+        for name in ("eval_every", "eval_conversations", "checkpoint_every"):
+            _at_least(f"run.{name}", getattr(self, name), 1)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise RecipeError(f"run.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+SECTIONS = {"data": DataConfig, "objectives": ObjectivesConfig, "preserve": PreserveConfig,
+            "optim": OptimConfig, "run": RunConfig}
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs. Unknown keys and wrong types are errors that name the key."""
+    """One training stage: the backbone, where the adapter starts, and the five sections."""
 
-    out_dir: str = "runs/train"
-    backbone: str | None = None  # None = the embedded SmolLM2-135M-Instruct
-    adapter: dict = field(default_factory=dict)  # DeltaMemConfig fields
-    init_adapter: str | None = None  # start from a saved adapter (e.g. a curriculum stage)
-    # data: mixture weights over sources, and their knobs
-    sources: dict = field(default_factory=lambda: {"synthetic": 1.0})
-    facts_per_episode: list = field(default_factory=lambda: [1, 3])
-    filler_turns: list = field(default_factory=lambda: [0, 6])  # final range
-    curriculum_start: list = field(default_factory=lambda: [0, 0])  # filler range at step 0
-    curriculum_steps: int = 0  # steps over which filler grows to `filler_turns` (0 = none)
-    novel_values: float = 0.0  # share of synthetic/update values that are made-up words (must be copied)
-    vocab_values: float = 0.0  # share that are real words from the backbone's vocabulary (held-out values removed)
-    blend_values: float = 0.0  # share of the rest spliced from two such words (multi-token, real spelling)
-    class_values: float = 0.0  # share taken first from vocabulary words near the attribute's own pool ("dietitian")
-    generic_templates: float = 0.0  # share of statements/questions from attribute-generic phrasings
-    varied_templates: float = 0.0  # share of those from the wider pool (more frames, synonym nouns)
-    locomo_path: str | None = None
-    locomo_conversations: list = field(default_factory=list)
-    recent_messages: int = 0
-    max_write_tokens: int = 512
-    max_read_tokens: int = 128
-    # answer tokens as the value appears inside a sentence (" pharmacist", one token) instead of at the start of
-    # the reply ("ph" "armac" "ist"): the read then emits the very tokens the write stored
-    answer_space: bool = False
-    system_prompt: str | None = None
-    # optimisation
-    steps: int = 300
-    batch_size: int = 8  # episodes per optimizer step (all ranks together)
-    grad_accum: int = 1
-    lr: float = 2e-4
-    warmup: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    gate_reg: float = 0.01
-    gate_target: float = 0.05
-    gate_lr_scale: float = 1.0  # learning-rate multiplier for the write gates' parameters (W_b rows, c_b)
-    copy_lr_scale: float = 1.0  # learning-rate multiplier for the copy path: the W_v rows and U_o
-    gate_supervision: float = 0.0  # balanced BCE weight: write gates high on stated values' tokens, low elsewhere
-    # fact-specific distillation: each layer's (own - mismatched memory) output difference at the answer
-    # positions should equal the frozen backbone's (own - mismatched history in the prompt) difference
-    distill: float = 0.0
-    contrastive: float = 0.0  # weight of relu(margin - (CE_mismatched - CE_own))
-    contrastive_margin: float = 1.0
-    # keep general ability: KL(frozen backbone || backbone + memory) on plain text read with an episode's memory
-    preserve: float = 0.0
-    preserve_conversations: list = field(default_factory=list)  # LoCoMo ids whose turns are the plain text
-    preserve_tokens: int = 128  # tokens per plain-text chunk; one chunk per episode
-    preserve_plain_memory: float = 0.0  # share of those rows read with a memory written from 4 other chunks
-    preserve_chat: float = 0.0  # share of rows that are a chat-template exchange (its reply) instead of plain text
-    preserve_qa: float = 0.0  # share of rows that are a general question and the frozen backbone's own reply
-    # share of rows read with a memory of a long real conversation (a snapshot of one of preserve_conversations
-    # written message by message up to long_memory_tokens, then one chat exchange written with gradients)
-    preserve_long_memory: float = 0.0
-    long_memory_tokens: int = 4096
-    long_memory_every: int = 256  # tokens between snapshots
-    long_memory_refresh: int = 0  # steps between rewrites of the snapshots with the current weights (0: once)
-    seed: int = 0
-    # bookkeeping
-    eval_every: int = 50
-    eval_episodes: int = 32
-    checkpoint_every: int = 25
-    max_minutes: float | None = None  # wall-time budget from the trainer's set-up on (backbone replies, snapshots)
-    threads: int | None = None
-    device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
+    backbone: str | None = None
+    init: str | None = None
+    adapter: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    preserve: PreserveConfig = field(default_factory=PreserveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):
-        hints = typing.get_type_hints(TrainConfig)
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not _matches(v, hints[f.name]):
-                raise ValueError(f"recipe key {f.name!r} must be {hints[f.name]}, got {v!r}")
-        for name in ("steps", "batch_size", "grad_accum", "max_write_tokens", "max_read_tokens", "eval_episodes",
-                     "checkpoint_every", "eval_every", "preserve_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"recipe key {name!r} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size % self.grad_accum:
-            raise ValueError(f"recipe key 'batch_size' ({self.batch_size}) must be a multiple of grad_accum "
-                             f"({self.grad_accum})")
-        known = {"synthetic", "updates", "key_value", "locomo"}
-        bad = sorted(set(self.sources) - known)
-        if bad or not self.sources or any(not isinstance(w, (int, float)) or w < 0 for w in self.sources.values()):
-            raise ValueError(f"recipe key 'sources' must map {sorted(known)} to non-negative weights, got {self.sources}")
-        if "locomo" in self.sources and not (self.locomo_path and self.locomo_conversations):
-            raise ValueError("recipe key 'locomo_conversations' must name the training conversations when 'locomo' "
-                             "is a source (and 'locomo_path' the file)")
-        if self.preserve > 0 and not (self.locomo_path and self.preserve_conversations):
-            raise ValueError("recipe key 'preserve_conversations' must name LoCoMo conversations (and 'locomo_path' "
-                             "the file) when 'preserve' > 0")
-        if self.gate_supervision < 0:
-            raise ValueError(f"recipe key 'gate_supervision' must be >= 0, got {self.gate_supervision}")
-        if self.gate_supervision > 0 and self.adapter.get("write_granularity", "token") != "token":
-            raise ValueError("recipe key 'gate_supervision' needs token writes (adapter.write_granularity: token)")
-        for name in ("preserve_plain_memory", "preserve_chat", "preserve_qa", "preserve_long_memory"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"recipe key {name!r} must be in [0, 1], got {getattr(self, name)}")
-        if not 1 <= self.long_memory_every <= self.long_memory_tokens:
-            raise ValueError(f"recipe keys 'long_memory_every' ({self.long_memory_every}) and 'long_memory_tokens' "
-                             f"({self.long_memory_tokens}) need 1 <= long_memory_every <= long_memory_tokens")
-        if self.long_memory_refresh < 0:
-            raise ValueError(f"recipe key 'long_memory_refresh' must be >= 0, got {self.long_memory_refresh}")
-        if self.distill < 0:
-            raise ValueError(f"recipe key 'distill' must be >= 0, got {self.distill}")
-        for name in ("gate_lr_scale", "copy_lr_scale"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"recipe key {name!r} must be > 0, got {getattr(self, name)}")
-        for name in ("novel_values", "vocab_values", "blend_values", "class_values", "generic_templates",
-                     "varied_templates"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"recipe key {name!r} must be in [0, 1], got {getattr(self, name)}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"recipe key 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        self.adapter_config()  # validates the adapter fields, naming any bad one
+        for name in ("backbone", "init"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise RecipeError(f"{name} must be a path or null, got {getattr(self, name)!r}")
+        if not isinstance(self.adapter, dict):
+            raise RecipeError(f"adapter must be a mapping of DeltaMemConfig fields, got {self.adapter!r}")
+        self.adapter_config()
+        if self.preserve.weight > 0 and not (self.data.locomo_path and self.data.locomo_conversations):
+            raise RecipeError("preserve.weight > 0 reads the text of data.locomo_conversations: set them "
+                              "and data.locomo_path")
 
     def adapter_config(self) -> DeltaMemConfig:
         try:
             return DeltaMemConfig.from_dict(self.adapter)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"recipe key 'adapter': {e}") from None
+            raise RecipeError(f"adapter: {e}") from None
 
     @classmethod
-    def from_yaml(cls, path: str, overrides: dict | None = None) -> "TrainConfig":
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+    def from_dict(cls, data: dict, where: str = "recipe") -> "TrainConfig":
+        """Build from a plain mapping (a merged recipe); every key is checked against its section."""
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a recipe must be a YAML mapping")
-        for key, value in (overrides or {}).items():
-            set_path(data, key, value)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+            raise RecipeError(f"{where}: a recipe must be a mapping")
+        top = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - top)
         if unknown:
-            raise ValueError(f"{path}: unknown recipe key(s): {', '.join(unknown)}")
-        return cls(**data)
+            raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}; a recipe has {', '.join(sorted(top))}")
+        kw = {k: v for k, v in data.items() if k not in SECTIONS}
+        for name, section in SECTIONS.items():
+            kw[name] = _section(section, data.get(name) or {}, name)
+        try:
+            return cls(**kw)
+        except RecipeError as e:
+            raise RecipeError(f"{where}: {e}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def set_path(data: dict, dotted: str, raw: str) -> None:
-    """Apply an override `adapter.rank=4` style: the value is parsed as YAML."""
-    value = yaml.safe_load(raw) if isinstance(raw, str) else raw
-    keys = dotted.split(".")
-    cur = data
-    for k in keys[:-1]:
-        cur = cur.setdefault(k, {})
-    cur[keys[-1]] = value
+def _section(cls, values, name: str):
+    if not isinstance(values, dict):
+        raise RecipeError(f"{name} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key not in fields:
+            raise RecipeError(f"unknown key {name}.{key}; {name} has {', '.join(fields)}")
+        if not _matches(value, hints[key]):
+            raise RecipeError(f"{name}.{key} must be {_type_name(hints[key])}, got {value!r}")
+    out = cls(**values)
+    out.check()
+    return out
+
+
+def _range(key, v, lo):
+    if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            and lo <= v[0] <= v[1]):
+        raise RecipeError(f"{key} must be a range [low, high] of ints with {lo} <= low <= high, got {v!r}")
+
+
+def _at_least(key, v, lo):
+    if v < lo:
+        raise RecipeError(f"{key} must be >= {lo}, got {v!r}")
+
+
+def _share(key, v):
+    if not 0.0 <= v <= 1.0:
+        raise RecipeError(f"{key} must be in [0, 1], got {v!r}")
+
+
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def _matches(v, hint) -> bool:
@@ -173,5 +271,4 @@ def _matches(v, hint) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
     if hint is int:
         return isinstance(v, int) and not isinstance(v, bool)
-    base = origin or hint
-    return isinstance(v, base)
+    return isinstance(v, origin or hint)

@@ -9,6 +9,7 @@ dropped at once. Tiny models share its 49152-token vocabulary but are 2 layers o
 from __future__ import annotations
 
 import importlib.util
+import json
 import warnings
 
 import pytest
@@ -19,7 +20,7 @@ from transformers.utils import logging as hf_logging
 hf_logging.set_verbosity_error()
 warnings.filterwarnings("ignore", message=".*generation flags.*")
 
-from train_helpers import EOS, TINY_TRAIN, VOCAB  # noqa: E402
+from train_helpers import EOS, TINY, VOCAB, locomo_fixture  # noqa: E402
 
 
 def pytest_configure(config):
@@ -55,11 +56,22 @@ def tiny_dir(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture
+def locomo_file(tmp_path):
+    """The hand-made LoCoMo fixture written to a file."""
+    path = tmp_path / "locomo.json"
+    path.write_text(json.dumps(locomo_fixture()))
+    return str(path)
+
+
+@pytest.fixture
 def make_cfg(tiny_dir, tmp_path):
-    """`make_cfg(name="run", **overrides) -> TrainConfig` on the tiny backbone, out_dir under tmp_path."""
+    """`make_cfg(name="run", **sections) -> TrainConfig` on the tiny backbone, out_dir under tmp_path;
+    each keyword is a section merged over `TINY` (`data={"queries": 3}`)."""
     from deltamem.train import TrainConfig
+    from deltamem.train.recipes import merge
 
     def make(name: str = "run", **kw):
-        return TrainConfig(**{**TINY_TRAIN, "backbone": tiny_dir, "out_dir": str(tmp_path / name), **kw})
+        data = merge(TINY, {"backbone": tiny_dir, "run": {"out_dir": str(tmp_path / name)}})
+        return TrainConfig.from_dict(merge(data, kw))
 
     return make

@@ -1,136 +1,82 @@
-"""Episodes -> tensors: answer-fit drops, history truncation to the last messages, read labels, answer CE."""
+"""Episode encoding: the student reads the memory (and its window), the teacher the whole history, over
+the same target tokens; the write pass is the session's; the shared-prefix teacher equals a full pass."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from deltamem.runtime.render import Renderer
+from deltamem.runtime.render import Renderer, plan_writes
 from deltamem.runtime.session import DEFAULT_SYSTEM_PROMPT
-from deltamem.train import Trainer
-from deltamem.train.episode import answer_ce, collate_reads, encode_episode
-from deltamem.train.sources import Episode
+from deltamem.train.episode import Episode, Query, collate, encode_episode, target_pass, teacher_pass, window_ids
 
-from train_helpers import EOS
-
-
-@pytest.fixture(scope="module")
-def renderer(tokenizer):
-    return Renderer(tokenizer, DEFAULT_SYSTEM_PROMPT)
+HIST = [{"role": "user", "name": "Ana", "timestamp": "1 May 2024", "content": "I keep bees in Tromso."},
+        {"role": "assistant", "name": "Bo", "timestamp": "1 May 2024", "content": "Lovely!"},
+        {"role": "user", "name": "Ana", "timestamp": "2 May 2024", "content": "The weather was grey today."}]
 
 
-def _history(n: int) -> list[dict]:
-    out = []
-    for i in range(n):
-        out += [{"role": "user", "name": "Maya", "content": f"Message number {i}: I went to the market for item {i}."},
-                {"role": "assistant", "content": f"Reply {i}, noted."}]
-    return out
+def _enc(tokenizer, queries, **kw):
+    r = Renderer(tokenizer, DEFAULT_SYSTEM_PROMPT)
+    args = {"granularity": "token", "max_write_tokens": 512, "max_read_tokens": 256, "end_id": 2} | kw
+    return r, encode_episode(r, Episode(HIST, queries), **args)
 
 
-def _ep(n=3, answer="Biscuit", question="What is the name of Maya's pet?") -> Episode:
-    return Episode(_history(n), question, answer)
+def test_student_holds_no_history_and_teacher_all_of_it(tokenizer):
+    r, e = _enc(tokenizer, [Query("Where does Ana keep bees?", "Tromso")])
+    msgs = [r.encode(r.message(m)) for m in HIST]
+    read = e.reads[0]
+    target = r.encode("Tromso") + [2]
+    assert read.student[read.student_start:] == target == read.suffix[read.suffix_start:]
+    assert read.student[: len(r.system_ids)] == r.system_ids
+    assert read.student[len(r.system_ids): read.student_start] == read.suffix[: read.suffix_start]  # no history
+    assert e.context == r.system_ids + [t for m in msgs for t in m]
+    assert read.answer
+    # the write pass is the one a session plans for the same messages
+    passes, _ = plan_writes(r, [], HIST, segment_tokens=512, context_tokens=0, granularity="token")
+    assert torch.equal(e.write.input_ids, passes[0].input_ids)
 
 
-def test_read_ids_hold_prompt_then_answer_and_end(renderer):
-    ep = _ep()
-    enc = encode_episode(renderer, ep, "token", 256, 96, EOS)
-    prompt = renderer.prompt([], ep.question)
-    ans = renderer.encode(ep.answer)
-    assert enc.read_ids == prompt + ans + [EOS]
-    assert enc.answer_start == len(prompt)
-    # the read window holds no history unless asked; the "window" control holds all of it
-    full = renderer.prompt(ep.history, ep.question)
-    assert enc.window_read_ids == full + ans + [EOS] and enc.window_answer_start == len(full)
-    # the write pass writes exactly the rendered history after the read-only system prompt
-    new = sum((renderer.encode(renderer.message(m)) for m in ep.history), [])
-    ids, wm = enc.write.input_ids[0].tolist(), enc.write.write_mask[0].tolist()
-    assert ids == list(renderer.system_ids) + new
-    assert wm == [False] * len(renderer.system_ids) + [True] * len(new)
+def test_window_keeps_the_last_whole_messages_that_fit(tokenizer):
+    msgs = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    assert window_ids(msgs, 4) == [6, 7, 8, 9]
+    assert window_ids(msgs, 6) == [4, 5, 6, 7, 8, 9]
+    assert window_ids(msgs, 3) == []
+    r, e = _enc(tokenizer, [Query("Q?", "A", window=10_000)])
+    read = e.reads[0]
+    assert read.student[: read.student_start] == e.context + read.suffix[: read.suffix_start]
 
 
-def test_answer_space_reads_the_tokens_the_history_wrote(renderer):
-    """With `answer_space` the answer is the value's in-sentence tokens, exactly as the write pass holds them."""
-    ep = Episode([{"role": "user", "name": "Maya", "content": "I work as a pharmacist these days."}],
-                 "What is Maya's job?", "pharmacist")
-    plain = encode_episode(renderer, ep, "token", 256, 96, EOS)
-    spaced = encode_episode(renderer, ep, "token", 256, 96, EOS, answer_space=True)
-    value = renderer.encode(" pharmacist")
-    assert spaced.read_ids[spaced.answer_start:] == value + [EOS]
-    assert plain.read_ids[plain.answer_start:] == renderer.encode("pharmacist") + [EOS]
-    written = spaced.write.input_ids[0][spaced.value].tolist()  # the history's value tokens
-    assert written == value
-    assert spaced.read_ids[:spaced.answer_start] == plain.read_ids[:plain.answer_start]
+def test_continuation_targets_the_next_message(tokenizer):
+    nxt = {"role": "assistant", "name": "Bo", "timestamp": "2 May 2024", "content": "Same here, rain all day."}
+    r, e = _enc(tokenizer, [Query(None, nxt)])
+    read = e.reads[0]
+    assert read.suffix_start == 0 and not read.answer
+    assert read.suffix == r.encode(r.message(nxt))[:48]
 
 
-def test_recent_messages_enter_the_read_window(renderer):
-    ep = _ep(4)
-    enc = encode_episode(renderer, ep, "token", 256, 200, EOS, recent_messages=2)
-    prompt = renderer.prompt(ep.history[-2:], ep.question)
-    assert enc.read_ids[: enc.answer_start] == prompt
+def test_reads_that_do_not_fit_are_dropped(tokenizer):
+    _, e = _enc(tokenizer, [Query("Q?", "word " * 300), Query("Q?", "A")])
+    assert len(e.reads) == 1
+    _, none = _enc(tokenizer, [Query("Q?", "word " * 300)])
+    assert none is None
 
 
-def test_answer_that_cannot_fit_is_dropped(renderer):
-    ep = _ep()
-    prompt_len = len(renderer.prompt([], ep.question))
-    ans_len = len(renderer.encode(ep.answer)) + 1
-    assert encode_episode(renderer, ep, "token", 256, prompt_len + ans_len, EOS) is not None
-    assert encode_episode(renderer, ep, "token", 256, prompt_len + ans_len - 1, EOS) is None
-    long = _ep(answer=" ".join(["very long answer"] * 40))
-    assert encode_episode(renderer, long, "token", 256, 96, EOS) is None
+def test_history_keeps_its_last_messages_that_fit(tokenizer):
+    r, e = _enc(tokenizer, [Query("Q?", "A")], max_write_tokens=40)
+    kept = e.context[len(r.system_ids):]
+    last = r.encode(r.message(HIST[-1]))
+    assert kept[-len(last):] == last and len(kept) <= 40
 
 
-def test_long_history_keeps_the_last_messages_in_one_pass(renderer):
-    ep = _ep(30)
-    limit = 120
-    toks = [renderer.encode(renderer.message(m)) for m in ep.history]
-    assert sum(map(len, toks)) > 3 * limit
-    enc = encode_episode(renderer, ep, "token", limit, 96, EOS)
-    new = enc.write.input_ids[0][enc.write.write_mask[0]].tolist()
-    # the written tokens are the longest suffix of whole messages that fits `limit`
-    k = max(j for j in range(1, len(toks) + 1) if sum(map(len, toks[-j:])) <= limit)
-    assert new == sum(toks[-k:], [])
-    assert len(new) <= limit < len(new) + len(toks[-k - 1])
-    assert "item 29" in renderer.tokenizer.decode(new) and "item 0." not in renderer.tokenizer.decode(new)
-    assert enc.write.input_ids.shape[1] == len(renderer.system_ids) + len(new)
+def test_shared_prefix_teacher_equals_full_reads(tokenizer, tiny_dir):
+    from transformers import AutoModelForCausalLM
 
-
-def test_collate_reads_labels_cover_answer_and_end_only(renderer):
-    eps = [_ep(1, "Biscuit"), _ep(2, "a much longer answer about the dog", "Tell me about the pet?")]
-    encs = [encode_episode(renderer, ep, "token", 256, 96, EOS) for ep in eps]
-    batch = collate_reads([(e.read_ids, e.answer_start) for e in encs], pad_id=EOS)
-    T = max(len(e.read_ids) for e in encs)
-    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, T)
-    for i, (e, ep) in enumerate(zip(encs, eps)):
-        n = len(e.read_ids)
-        assert batch["input_ids"][i, :n].tolist() == e.read_ids
-        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (T - n)
-        lab = batch["labels"][i].tolist()
-        on = [j for j, t in enumerate(lab) if t != -100]
-        assert on == list(range(e.answer_start, n))
-        assert [lab[j] for j in on] == renderer.encode(ep.answer) + [EOS]
-        assert (batch["input_ids"][i, n:] == EOS).all()
-
-
-def test_answer_ce_matches_a_plain_forward(make_cfg, renderer):
-    tr = Trainer(make_cfg(), progress=False)
-    encs = [encode_episode(renderer, ep, "token", 256, 96, EOS)
-            for ep in (_ep(1, "Biscuit"), _ep(2, "a much longer answer about the dog"))]
-    batch = collate_reads([(e.read_ids, e.answer_start) for e in encs], pad_id=EOS)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    nxt = {"role": "assistant", "name": "Bo", "content": "Same here."}
+    _, e = _enc(tokenizer, [Query("Where?", "Tromso"), Query(None, nxt), Query("Who?", "Ana and Bo")])
     with torch.no_grad():
-        got = answer_ce(tr.model, batch)  # no memory
-        logits = tr.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    for i in range(2):
-        lab = batch["labels"][i, 1:]
-        sel = lab != -100
-        want = torch.nn.functional.cross_entropy(logits[i, :-1][sel], lab[sel])
-        torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
-
-
-def test_trainer_counts_dropped_episodes(make_cfg):
-    tr = Trainer(make_cfg(max_read_tokens=64), progress=False)
-    eps = [_ep(1), _ep(1, answer=" ".join(["far too long"] * 30)), _ep(2)]
-    enc = tr.encode(eps)
-    assert len(enc) == 2 and tr.dropped == 1
-    assert [e.read_ids[e.answer_start:] for e in enc] == [tr.renderer.encode("Biscuit") + [EOS]] * 2
-    tr.encode(eps[1:2])
-    assert tr.dropped == 2
+        full = target_pass(model, collate([(e.context + r.suffix, len(e.context) + r.suffix_start) for r in e.reads], 2))
+        shared = teacher_pass(model, [e, e], 2)
+    n = full.logits.shape[0]
+    assert torch.equal(shared.targets[:n], full.targets) and torch.equal(shared.rows[:n], full.rows)
+    torch.testing.assert_close(shared.logits[:n], full.logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(shared.rows[n:], full.rows + 3)

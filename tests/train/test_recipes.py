@@ -1,122 +1,122 @@
-"""Training recipes: every YAML under configs/ loads and validates; bad keys and types name the key."""
+"""Recipes with a lineage: base + overlay merging, chains whose every `init` resolves, and every
+shipped chain run end to end at tiny scale (tiny random model, 2 steps a stage)."""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import pytest
 import yaml
 
-from deltamem.adapter import DeltaMemConfig
-from deltamem.train import TrainConfig
-from deltamem.train.config import set_path
+from deltamem.train import RecipeError, load_chain, load_recipe, train_chain
+from deltamem.train.recipes import is_done
+from train_helpers import REPO, tiny_overrides
 
-from train_helpers import REPO
-
-RECIPES = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
-                 + glob.glob(os.path.join(REPO, "configs", "**", "*.yml"), recursive=True))
+CHAINS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "train", "*.yaml")))
 
 
-def test_there_are_recipes():
-    assert RECIPES, "no YAML recipes found under configs/"
+def _write(path, data) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f)
+    return str(path)
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: os.path.relpath(p, REPO))
-def test_recipe_loads_and_validates(path):
-    cfg = TrainConfig.from_yaml(path)
-    with open(path) as f:
-        raw = yaml.safe_load(f)
-    for key, value in raw.items():  # every key in the file reaches the config unchanged
-        assert getattr(cfg, key) == value, key
-    dm = cfg.adapter_config()
-    assert isinstance(dm, DeltaMemConfig)
-    for key, value in raw.get("adapter", {}).items():
-        got = getattr(dm, key)
-        assert (list(got) if isinstance(got, tuple) else got) == value, f"adapter.{key}"
-    assert cfg.batch_size % cfg.grad_accum == 0
-    assert sum(cfg.sources.values()) > 0
-    assert TrainConfig(**cfg.to_dict()) == cfg  # the dict saved in checkpoints round-trips
+def test_there_are_shipped_chains():
+    assert CHAINS, "configs/train/ holds no recipe chain"
 
 
-def _write(tmp_path, data) -> str:
-    p = tmp_path / "recipe.yaml"
-    p.write_text(yaml.safe_dump(data))
-    return str(p)
+@pytest.mark.parametrize("path", CHAINS, ids=os.path.basename)
+def test_shipped_chain_loads_and_every_init_resolves(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # repository paths in `init` are relative to the repository root
+    out_dir, stages = load_chain(path)
+    names = [s.name for s in stages]
+    for i, s in enumerate(stages):
+        assert s.init is None or s.init in names[:i] or os.path.exists(os.path.join(s.init, "delta_mem_config.json"))
+        assert s.config.run.out_dir == os.path.join(out_dir, s.name)
+    # every chain starts from the bare backbone or from an adapter the repository holds
+    assert stages[0].init is None or not stages[0].init.startswith("runs")
 
 
-def test_unknown_key_is_named(tmp_path):
-    with pytest.raises(ValueError, match="lerning_rate"):
-        TrainConfig.from_yaml(_write(tmp_path, {"steps": 3, "lerning_rate": 1e-3}))
+@pytest.mark.parametrize("path", CHAINS, ids=os.path.basename)
+def test_shipped_chain_runs_end_to_end_at_tiny_scale(path, tiny_dir, locomo_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    overrides = tiny_overrides(tiny_dir, locomo_file)
+    out_dir, stages = load_chain(path, overrides)
+    chain = tmp_path / "chain.yaml"  # the same chain, its out_dir moved under tmp_path
+    data = yaml.safe_load(open(path))
+    data["out_dir"] = str(tmp_path / "out")
+    for st in data["stages"]:
+        st["recipe"] = os.path.join(os.path.dirname(path), st["recipe"])
+    _write(chain, data)
+    adapter = train_chain(str(chain), overrides, progress=False)
+    assert adapter == str(tmp_path / "out" / stages[-1].name / "adapter")
+    for s in load_chain(str(chain), overrides)[1]:
+        assert is_done(s)
+        log = [json.loads(x) for x in open(os.path.join(s.config.run.out_dir, "log.jsonl"))]
+        assert [r["step"] for r in log] == [1, 2]
+    assert os.path.exists(os.path.join(adapter, "delta_mem_config.json"))
+    # a second run skips the finished stages (nothing new in the logs)
+    train_chain(str(chain), overrides, progress=False)
+    s0 = load_chain(str(chain), overrides)[1][0]
+    assert len(open(os.path.join(s0.config.run.out_dir, "log.jsonl")).readlines()) == 2
 
 
-def test_unknown_adapter_key_is_named(tmp_path):
-    with pytest.raises(ValueError, match="adapter.*ranq"):
-        TrainConfig.from_yaml(_write(tmp_path, {"adapter": {"ranq": 4}}))
+def test_overlay_merges_over_its_base_section_by_section(tmp_path):
+    _write(tmp_path / "base.yaml", {"data": {"queries": 3, "facts": [1, 2]}, "optim": {"steps": 10, "lr": 0.1}})
+    _write(tmp_path / "stage.yaml", {"base": "base.yaml", "optim": {"steps": 20}})
+    r = load_recipe(tmp_path / "stage.yaml")
+    assert r == {"data": {"queries": 3, "facts": [1, 2]}, "optim": {"steps": 20, "lr": 0.1}}
 
 
-@pytest.mark.parametrize("data, key", [
-    ({"steps": "ten"}, "steps"),
-    ({"lr": "fast"}, "lr"),
-    ({"steps": 2.5}, "steps"),
-    ({"steps": True}, "steps"),
-    ({"sources": ["synthetic"]}, "sources"),
-    ({"max_minutes": "soon"}, "max_minutes"),
-    ({"steps": 0}, "steps"),
-    ({"sources": {"synthetic": 1.0, "wikipedia": 1.0}}, "sources"),
-    ({"sources": {"locomo": 1.0}}, "locomo_conversations"),
-    ({"batch_size": 6, "grad_accum": 4}, "batch_size"),
-    ({"device": "gpu"}, "device"),
-    ({"device": "cuda:x"}, "device"),
-    ({"answer_space": "sometimes"}, "answer_space"),
-    ({"answer_space": 1}, "answer_space"),
+def test_base_cycle_is_refused(tmp_path):
+    _write(tmp_path / "a.yaml", {"base": "b.yaml"})
+    _write(tmp_path / "b.yaml", {"base": "a.yaml"})
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(tmp_path / "a.yaml")
+
+
+def _chain(tmp_path, stages, **top):
+    _write(tmp_path / "s.yaml", {"optim": {"steps": 1}})
+    return _write(tmp_path / "chain.yaml", {"out_dir": str(tmp_path / "out"), "stages": stages, **top})
+
+
+@pytest.mark.parametrize("init, match", [
+    ("runs/old-stage/adapter", "outside the repository"),
+    ("/abs/adapter", "outside the repository"),
+    ("../elsewhere", "outside the repository"),
+    ("later", "neither an earlier stage"),
+    ("no/such/folder", "neither an earlier stage"),
 ])
-def test_wrong_value_is_named(tmp_path, data, key):
-    with pytest.raises(ValueError, match=key):
-        TrainConfig.from_yaml(_write(tmp_path, data))
+def test_init_must_resolve_inside_the_chain_or_repository(tmp_path, init, match):
+    path = _chain(tmp_path, [{"name": "first", "recipe": "s.yaml", "init": init},
+                             {"name": "later", "recipe": "s.yaml", "init": "first"}])
+    with pytest.raises(RecipeError, match=match):
+        load_chain(path)
 
 
-def test_wrong_adapter_type_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"adapter.*rank"):
-        TrainConfig.from_yaml(_write(tmp_path, {"adapter": {"rank": "x"}}))
-    with pytest.raises(ValueError, match=r"adapter.*write_granularity"):
-        TrainConfig(adapter={"write_granularity": "paragraph"})
+def test_chain_stage_outputs_feed_the_next_stage(tmp_path):
+    path = _chain(tmp_path, [{"name": "a", "recipe": "s.yaml"}, {"name": "b", "recipe": "s.yaml", "init": "a"}])
+    from deltamem.train.recipes import stage_init
+
+    out, stages = load_chain(path)
+    assert out == str(tmp_path / "out")
+    assert stage_init(stages[0], stages) is None
+    assert stage_init(stages[1], stages) == os.path.join(str(tmp_path / "out"), "a", "adapter")
 
 
-def test_int_is_accepted_where_float_is_expected(tmp_path):
-    cfg = TrainConfig.from_yaml(_write(tmp_path, {"lr": 1, "max_minutes": 5}))
-    assert cfg.lr == 1 and cfg.max_minutes == 5
+def test_chain_refuses_unknown_keys_and_duplicate_names(tmp_path):
+    with pytest.raises(RecipeError, match="unknown chain key"):
+        load_chain(_chain(tmp_path, [{"name": "a", "recipe": "s.yaml"}], steps=3))
+    with pytest.raises(RecipeError, match="distinct"):
+        load_chain(_chain(tmp_path, [{"name": "a", "recipe": "s.yaml"}, {"name": "a", "recipe": "s.yaml"}]))
 
 
-def test_overrides(tmp_path):
-    path = _write(tmp_path, {"steps": 10, "adapter": {"rank": 8, "heads": ["q", "o"]}})
-    cfg = TrainConfig.from_yaml(path, {"steps": "3", "adapter.rank": "4", "lr": "1.0e-3", "filler_turns": "[1, 2]",
-                                       "max_minutes": "null", "adapter.update_mode": "no_decay"})
-    assert cfg.steps == 3 and cfg.lr == 1e-3 and cfg.filler_turns == [1, 2] and cfg.max_minutes is None
-    assert cfg.adapter == {"rank": 4, "heads": ["q", "o"], "update_mode": "no_decay"}  # siblings kept
-    assert cfg.adapter_config().rank == 4
-    with pytest.raises(ValueError, match="steps"):
-        TrainConfig.from_yaml(path, {"steps": "ten"})
-    with pytest.raises(ValueError, match="bogus"):
-        TrainConfig.from_yaml(path, {"bogus": "1"})
-    with pytest.raises(ValueError, match="rank"):
-        TrainConfig.from_yaml(path, {"adapter.rank": "x"})
-
-
-def test_set_path_creates_nested_keys():
-    d = {}
-    set_path(d, "adapter.rank", "4")
-    set_path(d, "adapter.heads", "[q, v]")
-    set_path(d, "out_dir", "runs/x")
-    set_path(d, "seed", 7)  # non-strings pass through
-    assert d == {"adapter": {"rank": 4, "heads": ["q", "v"]}, "out_dir": "runs/x", "seed": 7}
-
-
-def test_device_resolves_to_the_cpu_without_cuda(monkeypatch):
-    from deltamem.train.trainer import resolve_device
-
-    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert resolve_device("auto").type == "cpu"
-    assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(ValueError, match="device.*no CUDA"):
-        resolve_device("cuda")
+def test_overrides_reach_every_stage_and_are_checked(tmp_path):
+    path = _chain(tmp_path, [{"name": "a", "recipe": "s.yaml"}, {"name": "b", "recipe": "s.yaml", "init": "a"}])
+    _, stages = load_chain(path, {"optim.lr": "0.5"})
+    assert [s.config.optim.lr for s in stages] == [0.5, 0.5]
+    with pytest.raises(RecipeError, match="optim.lrr"):
+        load_chain(path, {"optim.lrr": "0.5"})

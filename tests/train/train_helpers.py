@@ -13,12 +13,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 # small everything: a training step on the tiny model takes well under a second
-TINY_TRAIN = dict(
-    adapter={"rank": 4, "alpha": 8.0, "heads": ["q", "o"], "update_mode": "no_decay", "gate_bias_init": -3.0},
-    sources={"synthetic": 0.6, "updates": 0.2, "key_value": 0.2},
-    filler_turns=[0, 2], max_write_tokens=256, max_read_tokens=96, steps=2, batch_size=2,
-    eval_every=1000, eval_episodes=4, checkpoint_every=1000, seed=0,
-)
+TINY = {
+    "adapter": {"rank": 4, "alpha": 8.0, "heads": ["q", "o"], "num_state_heads": 2, "update_mode": "no_decay",
+                "gate_bias_init": -3.0},
+    "data": {"sessions": [1, 2], "turns": [0, 3], "queries": 2, "max_write_tokens": 256, "max_read_tokens": 200},
+    "optim": {"steps": 2, "batch_size": 2},
+    "run": {"eval_every": 1000, "eval_conversations": 4, "checkpoint_every": 1000, "device": "cpu"},
+}
+
+
+def tiny_overrides(backbone: str, locomo: str) -> dict:
+    """`--set`-style overrides that shrink any shipped stage to the tiny model: 2 steps, short reads,
+    the test's own LoCoMo fixture instead of the shared data."""
+    return {"backbone": backbone, "data.locomo_path": locomo, "data.locomo_conversations": "[conv-x, conv-y]",
+            "data.max_write_tokens": "256", "data.max_read_tokens": "200", "data.sessions": "[1, 2]",
+            "data.turns": "[0, 3]", "optim.steps": "2", "optim.batch_size": "2", "optim.grad_accum": "1",
+            "run.eval_every": "1000", "run.eval_conversations": "4", "run.checkpoint_every": "1000",
+            "run.device": "cpu", "run.max_minutes": "null", "preserve.tokens": "16"}
 
 
 def adapter_params(trainer) -> dict[str, torch.Tensor]:

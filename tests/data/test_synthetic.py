@@ -8,15 +8,13 @@ import re
 import pytest
 
 from deltamem.data.locomo import load_locomo
-from deltamem.train.sources import FACTS, NAMES, Episode, fact_updates, key_value, locomo_episodes, synthetic_chats
-from train_helpers import locomo_fixture
+from deltamem.data.synthetic import FACTS, NAMES, Episode, fact_updates, synthetic_chats
 
 GENERATORS = {
     "synthetic_train": lambda n, seed: synthetic_chats(n, seed, "train"),
     "synthetic_heldout": lambda n, seed: synthetic_chats(n, seed, "heldout"),
     "updates_train": lambda n, seed: fact_updates(n, seed, "train"),
     "updates_heldout": lambda n, seed: fact_updates(n, seed, "heldout"),
-    "key_value": lambda n, seed: key_value(n, seed),
 }
 
 
@@ -114,39 +112,3 @@ def test_fact_updates_answer_is_the_later_value():
             assert old in user[0] and ep.answer not in user[0]
             assert user[-1].startswith("Update:") and ep.answer in user[-1]
             assert not any(ep.answer in u for u in user[:-1])  # only the update states the answer
-
-
-def test_key_value_answer_is_in_history():
-    for ep in key_value(40, 2, pairs=(1, 4), noise_turns=(0, 3)):
-        key = ep.meta["key"]
-        assert key in ep.question and ep.answer.isdigit()
-        stated = [m["content"] for m in ep.history if f"code for {key} is {ep.answer}." in m["content"]]
-        assert len(stated) == 1
-        assert all("name" not in m and "timestamp" not in m for m in ep.history)
-
-
-# ---- LoCoMo: a small hand-made sample in the LoCoMo layout (train_helpers.locomo_fixture) ----------
-def test_locomo_episodes_keep_evidence_inside_history(tmp_path):
-    path = tmp_path / "locomo.json"
-    path.write_text(json.dumps(locomo_fixture()))
-    samples = load_locomo(path)
-    eps = locomo_episodes(samples, ["conv-x"], max_history=8)
-    assert [e.question for e in eps] == ["q-early", "q-late", "q-two"]
-    assert locomo_episodes(samples, ["conv-x"], max_history=8) == eps  # deterministic
-    evidence = {"q-early": ["marker-1-2"], "q-late": ["marker-2-5"], "q-two": ["marker-1-3", "marker-2-2"]}
-    for ep in eps:
-        assert len(ep.history) <= 8
-        text = [m["content"] for m in ep.history]
-        for marker in evidence[ep.question]:
-            assert any(marker in t for t in text)
-        # the history ends at the last evidence turn
-        assert evidence[ep.question][-1] in text[-1]
-        assert all("dia_id" not in m for m in ep.history)
-        assert ep.kind == "locomo" and ep.meta["sample_id"] == "conv-x"
-    assert eps[1].answer == "2023"  # answers become strings
-    # a window large enough for the long span keeps that question too
-    wide = locomo_episodes(samples, ["conv-x"], max_history=40)
-    assert "q-span-too-long" in [e.question for e in wide]
-    # all conversations when none are named; the category filter applies
-    assert "q-other" in [e.question for e in locomo_episodes(samples, None)]
-    assert "q-adversarial" in [e.question for e in locomo_episodes(samples, None, categories=(5,))]

@@ -1,0 +1,123 @@
+"""Loss terms as small objects: a name, a weight, and `__call__(step) -> scalar` (mean over reads).
+
+The trainer builds the ones a recipe weighs above zero (`build_objectives`), sums `weight * term` and
+logs every term by name. A term reads what it needs from the `StepOutputs` of one micro-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .episode import TargetPass
+
+
+@dataclass
+class StepOutputs:
+    """What one micro-batch computed. `student`: the reads with the memory (and their window);
+    `teacher`: the same target tokens read by the frozen backbone with the whole history in its prompt
+    (None when no term needs it); `answer`: `[R]` bool, reads whose target is a gold answer;
+    `binding`: the write pass's memory binding (its gates); `state`: the written memory `[B]`."""
+
+    student: TargetPass
+    teacher: TargetPass | None
+    answer: torch.Tensor
+    binding: object
+    state: object
+
+
+class Objective:
+    name = "objective"
+    needs_teacher = False
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def __call__(self, out: StepOutputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weight={self.weight})"
+
+
+class Distill(Objective):
+    """Context distillation: mean over reads of the per-token KL(teacher || student), where the teacher
+    reads the whole history in its prompt and the student reads it from memory (plus its window)."""
+
+    name = "distill"
+    needs_teacher = True
+
+    def __call__(self, out: StepOutputs) -> torch.Tensor:
+        t = out.teacher.logits.detach().log_softmax(-1)
+        s = out.student.logits.log_softmax(-1)
+        kl = (t.exp() * (t - s)).sum(-1)  # [N]
+        return out.student.per_row(kl).mean()
+
+
+class AnswerCE(Objective):
+    """Cross-entropy of the gold answer, over the reads that have one (0 when none does)."""
+
+    name = "answer_ce"
+
+    def __call__(self, out: StepOutputs) -> torch.Tensor:
+        s = out.student
+        ce = torch.nn.functional.cross_entropy(s.logits, s.targets, reduction="none")
+        per_row = s.per_row(ce)
+        mask = out.answer.to(per_row.device)
+        return (per_row * mask).sum() / mask.sum().clamp_min(1)
+
+
+class GateReg(Objective):
+    """`(mean write-pass gate - target)^2` (the paper's regulariser, on the write pass)."""
+
+    name = "gate_reg"
+
+    def __init__(self, weight: float, target: float):
+        super().__init__(weight)
+        self.target = target
+
+    def __call__(self, out: StepOutputs) -> torch.Tensor:
+        return (out.binding.gate_mean() - self.target) ** 2
+
+
+class Preserve(Objective):
+    """KL(frozen backbone || backbone + the episode's memory) on unrelated text rows (plain text and
+    chat exchanges), so a memory changes what it holds and leaves other text alone. Row `i` of a
+    micro-batch reads `rows[(offset + i) % len(rows)]` with memory row `i`."""
+
+    name = "preserve"
+
+    def __init__(self, weight: float, model, rows: list[list[int]]):
+        super().__init__(weight)
+        self.model, self.rows, self.offset = model, rows, 0
+
+    def __call__(self, out: StepOutputs) -> torch.Tensor:
+        from ..adapter import use_memory
+
+        B = out.state.batch_size
+        dev = next(self.model.parameters()).device
+        ids = torch.tensor([self.rows[(self.offset + i) % len(self.rows)] for i in range(B)], device=dev)
+        self.offset += B
+        with torch.no_grad():
+            base = self.model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
+        with use_memory(self.model, out.state, write=False):
+            mem = self.model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
+        return (base.exp() * (base - mem)).sum(-1).mean()
+
+
+def build_objectives(cfg, model=None, preserve_rows: list[list[int]] | None = None) -> list[Objective]:
+    """The terms a recipe weighs above zero, in a fixed order."""
+    o = cfg.objectives
+    terms: list[Objective] = []
+    if o.distill > 0:
+        terms.append(Distill(o.distill))
+    if o.answer_ce > 0:
+        terms.append(AnswerCE(o.answer_ce))
+    if o.gate_reg > 0:
+        terms.append(GateReg(o.gate_reg, o.gate_target))
+    if cfg.preserve.weight > 0:
+        terms.append(Preserve(cfg.preserve.weight, model, preserve_rows or []))
+    if not terms:
+        raise ValueError("the recipe weighs no objective above zero: nothing to train")
+    return terms

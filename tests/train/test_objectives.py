@@ -1,0 +1,74 @@
+"""Each loss term on hand-made passes: what it measures, and that it can fail (be nonzero)."""
+
+from __future__ import annotations
+
+import torch
+
+from deltamem.train.episode import TargetPass
+from deltamem.train.objectives import AnswerCE, Distill, GateReg, StepOutputs, build_objectives
+
+
+def _pass(logits, targets, rows, B):
+    return TargetPass(logits, torch.tensor(targets), torch.tensor(rows), B)
+
+
+class _Binding:
+    def __init__(self, mean):
+        self.mean = torch.tensor(mean)
+
+    def gate_mean(self):
+        return self.mean
+
+
+def test_distill_is_zero_when_student_matches_teacher_and_is_the_mean_row_kl_otherwise():
+    torch.manual_seed(0)
+    t = torch.randn(5, 11)
+    rows = [0, 0, 1, 1, 1]
+    same = StepOutputs(_pass(t.clone(), [1] * 5, rows, 2), _pass(t, [1] * 5, rows, 2), torch.tensor([1, 0]), None, None)
+    assert float(Distill(1.0)(same)) < 1e-6
+    s = torch.randn(5, 11, requires_grad=True)
+    out = StepOutputs(_pass(s, [1] * 5, rows, 2), _pass(t, [1] * 5, rows, 2), torch.tensor([1, 0]), None, None)
+    loss = Distill(1.0)(out)
+    pt, ls = t.log_softmax(-1), s.log_softmax(-1)
+    kl = (pt.exp() * (pt - ls)).sum(-1)
+    assert torch.allclose(loss, (kl[:2].mean() + kl[2:].mean()) / 2)
+    loss.backward()
+    assert s.grad.abs().sum() > 0
+
+
+def test_answer_ce_averages_over_answer_reads_only():
+    logits = torch.zeros(4, 3)
+    logits[0, 2] = logits[1, 2] = 5.0  # read 0 predicts its targets well; read 1 (no answer) badly
+    out = StepOutputs(_pass(logits, [2, 2, 0, 0], [0, 0, 1, 1], 2), None, torch.tensor([True, False]), None, None)
+    expected = torch.nn.functional.cross_entropy(logits[:2], torch.tensor([2, 2]))
+    assert torch.allclose(AnswerCE(1.0)(out), expected)
+    none = StepOutputs(_pass(logits, [2, 2, 0, 0], [0, 0, 1, 1], 2), None, torch.tensor([False, False]), None, None)
+    assert float(AnswerCE(1.0)(none)) == 0.0
+
+
+def test_gate_reg_is_the_squared_distance_to_its_target():
+    out = StepOutputs(None, None, None, _Binding(0.25), None)
+    assert abs(float(GateReg(0.01, 0.05)(out)) - 0.04) < 1e-7
+    assert float(GateReg(0.01, 0.25)(out)) == 0.0
+
+
+def test_build_objectives_takes_the_weighted_terms_in_order(make_cfg):
+    cfg = make_cfg(objectives={"distill": 1.0, "answer_ce": 0.0, "gate_reg": 0.5})
+    terms = build_objectives(cfg)
+    assert [(t.name, t.weight) for t in terms] == [("distill", 1.0), ("gate_reg", 0.5)]
+    assert terms[0].needs_teacher and not terms[1].needs_teacher
+
+
+def test_preserve_is_zero_without_memory_and_positive_with_one(make_cfg, locomo_file):
+    from deltamem.adapter import MemoryState
+    from deltamem.train import Trainer
+
+    cfg = make_cfg(data={"locomo_path": locomo_file, "locomo_conversations": ["conv-x"]},
+                   preserve={"weight": 1.0, "tokens": 16})
+    tr = Trainer(cfg, progress=False)
+    pres = [t for t in tr.objectives if t.name == "preserve"][0]
+    zero = MemoryState.zeros(tr.model, batch_size=2)
+    assert float(pres(StepOutputs(None, None, None, None, zero)).detach()) < 1e-6
+    full = MemoryState([torch.randn_like(t) * 3 for t in zero.tensors], zero.layers, zero.rank,
+                       zero.num_state_heads, zero.fingerprint)
+    assert float(pres(StepOutputs(None, None, None, None, full)).detach()) > 1e-4
