@@ -137,6 +137,7 @@ def install_hooks(decoder, dm, attns: dict) -> list:
 
     granularity = dm.config.write_granularity
     strategy = strategy_for(granularity)
+    decode_fast, mode = granularity == "token", dm.config.update_mode  # one token = one write
     for i, (attn, projs) in attns.items():
         layer = dm.layers[str(i)]
         slot = dm.layer_ids.index(i)
@@ -151,6 +152,9 @@ def install_hooks(decoder, dm, attns: dict) -> list:
                 S = S.to(h.device)
             if not b.write:
                 b.reads[i] = read_only(layer, h, S, b.valid)
+                return
+            if decode_fast and h.shape[1] == 1 and b.valid is None and b.call_write_mask is None and not b.collect_gates:
+                b.reads[i], b.state.tensors[slot] = layer.step(h, S, mode)  # a decode step: the fused form
                 return
             if granularity != "token" and b.call_span_ids is None:
                 raise ValueError(f"write_granularity={granularity!r}: writing needs span_ids for this call "

@@ -1,4 +1,4 @@
-"""`DeltaMemLayer`: the δ-mem parameters of one attention layer (shared/DESIGN.md section 2).
+"""`DeltaMemLayer`: the δ-mem parameters of one attention layer (docs/design.md section 2).
 
     q_t = l2norm(tanh(W_q h_t))      k_t = l2norm(tanh(W_k h_t))
     v_t = W_v h_t                    b_t = sigmoid(W_b h_t + c_b)   (one gate per state row)
@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.step import step_core
 from .config import DeltaMemConfig
 
 BETA_EPS = 1e-6  # keep gates strictly inside (0, 1) so log(1 - b) stays finite
@@ -83,6 +84,21 @@ class DeltaMemLayer(nn.Module):
         qk = _unit(torch.tanh(x[:, :, :2]))
         beta = torch.sigmoid(x[:, :, 3] + _float(self.c_b).view(H, r)).clamp(BETA_EPS, 1 - BETA_EPS)
         return qk, x[:, :, 2], beta
+
+    def step(self, h: torch.Tensor, S: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoding token, read then written: `project_packed` and `ops.step.step_core` in as few tensor
+        ops as possible (the decode hot path; the same values). `h [B, 1, d]`, `S [B, H, r, r]` float32
+        -> `(m [B, 1, H r], new state [B, H, r, r])`."""
+        B = h.shape[0]
+        H, r = self.num_heads, self.rank
+        W, c_b = self.W, self.c_b
+        x = F.linear(h.view(B, -1) if h.dtype == W.dtype else h.view(B, -1).to(W.dtype), W)
+        x = (x if x.dtype == torch.float32 else x.float()).view(B, 4, H, r)  # [q; k; v; gate logits]
+        t = torch.tanh(x[:, :2])  # [B, 2, H, r]
+        qk = t / torch.linalg.vector_norm(t, dim=-1, keepdim=True).clamp_min(1e-6)
+        beta = torch.sigmoid(x[:, 3] + (c_b if c_b.dtype == torch.float32 else c_b.float()).view(H, r))
+        m, S_new = step_core(qk, x[:, 2], beta.clamp(BETA_EPS, 1 - BETA_EPS), S, mode)
+        return m.view(B, 1, H * r), S_new
 
     def project_q(self, h: torch.Tensor) -> torch.Tensor:
         """Only `q` of `project` (what a read-only call needs): `h [B, T, d]` -> `[B, T, H, r]` in float32."""

@@ -12,9 +12,8 @@ user is a thread that sends ``--turns`` chat turns (greedy,
 Reported per mode: requests/s, p50/p95 latency, completion tokens/s, and the
 mean number of rows per decode step; then the continuous/one-at-a-time ratios.
 Then, with the `cluster` extra, the largest user count is served through Ray
-Serve by 1 and by 2 replicas (``--replicas``; a local Ray cluster, the same
-torch threads in total: each replica gets its share), and the ratio is
-reported. Separately, the write cost of one turn of at most 100 tokens (a user
+Serve by 1 and by 2 replicas (``--replicas``; a local Ray cluster; each of n
+replicas gets max(1, threads // n) torch threads), and the ratio is reported. Separately, the write cost of one turn of at most 100 tokens (a user
 message and a reply, as rendered) is timed twice: the forward alone
 (`MemorySession.write`) and through the API (`POST /v1/memories/{id}/messages`:
 write + one-transaction commit + HTTP). Results print as a table and as JSON.
@@ -265,7 +264,8 @@ def table(report: dict) -> str:
         lines.append(f"| {n} | continuous / one-at-a-time | {row['speedup_req_per_s']}x | | | "
                      f"{row['speedup_tokens_per_s']}x | |")
     if rep := report.get("replicas"):
-        lines += ["", f"Ray Serve replicas, {rep['users']} users, continuous batching (same torch threads in total):",
+        lines += ["", f"Ray Serve replicas, {rep['users']} users, continuous batching (n replicas: "
+                      f"max(1, {report['torch_threads']} // n) torch threads each):",
                   "| replicas | req/s | p50 ms | p95 ms | tokens/s |", "|---|---|---|---|---|"]
         for n, r in rep.items():
             if isinstance(r, dict):

@@ -15,6 +15,12 @@ def step_core(qk: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, S: torch.Te
     -> `(read [B, H r], new state [B, H, r, r])`.
     """
     B, _, H, r = qk.shape
+    if H == 1:  # one head: the same products as 3-D bmm's, without the 4-D matmul's reshapes
+        qk, v, beta, S1 = qk.view(B, 2, r), v.view(B, 1, r), beta.view(B, r, 1), S.view(B, r, r)
+        qkS = torch.bmm(qk, S1.transpose(1, 2))  # [B, 2, r]: S q and S k
+        delta = (v - qkS[:, 1:]).transpose(1, 2) * qk[:, 1:]  # [B, r, r]: (v - S k) k^T
+        S_new = torch.lerp(S1, delta, beta) if mode == "standard" else torch.addcmul(S1, beta, delta)
+        return qkS[:, 0], S_new.view(B, 1, r, r)
     qkS = qk.transpose(1, 2) @ S.transpose(-1, -2)  # [B, H, 2, r]: S q (the read, before the write) and S k
     delta = (v - qkS[:, :, 1]).unsqueeze(-1) * qk[:, 1].unsqueeze(-2)  # (v - S k) k^T
     b = beta.unsqueeze(-1)  # [B, H, r, 1]: one gate per row
