@@ -153,7 +153,8 @@ def install_hooks(decoder, dm, attns: dict) -> list:
             if not b.write:
                 b.reads[i] = read_only(layer, h, S, b.valid)
                 return
-            if decode_fast and h.shape[1] == 1 and b.valid is None and b.call_write_mask is None and not b.collect_gates:
+            one_token = h.shape[1] == 1 and b.valid is None and b.call_write_mask is None
+            if decode_fast and one_token and not b.collect_gates:
                 b.reads[i], b.state.tensors[slot] = layer.step(h, S, mode)  # a decode step: the fused form
                 return
             if granularity != "token" and b.call_span_ids is None:

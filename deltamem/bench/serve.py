@@ -13,8 +13,9 @@ Reported per mode: requests/s, p50/p95 latency, completion tokens/s, and the
 mean number of rows per decode step; then the continuous/one-at-a-time ratios.
 Then, with the `cluster` extra, the largest user count is served through Ray
 Serve by 1 and by 2 replicas (``--replicas``; a local Ray cluster; each of n
-replicas gets max(1, threads // n) torch threads), and the ratio is reported. Separately, the write cost of one turn of at most 100 tokens (a user
-message and a reply, as rendered) is timed twice: the forward alone
+replicas gets max(1, threads // n) torch threads), and the ratio is reported.
+Separately, the write cost of one turn of at most 100 tokens (a user message
+and a reply, as rendered) is timed twice: the forward alone
 (`MemorySession.write`) and through the API (`POST /v1/memories/{id}/messages`:
 write + one-transaction commit + HTTP). Results print as a table and as JSON.
 """

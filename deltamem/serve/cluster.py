@@ -195,8 +195,9 @@ class _Relay(Response):
                 await send(msg)
         except RayError:  # the replica went away mid-stream: end the stream as the app ends a failed one
             log.warning("replica lost while streaming a response")
-            tail = (f"data: {json.dumps(error_body('the replica serving this stream was lost; retry', 'server_error', code='replica_unavailable'))}"
-                    "\n\ndata: [DONE]\n\n").encode() if sse else b""
+            lost = error_body("the replica serving this stream was lost; retry", "server_error",
+                              code="replica_unavailable")
+            tail = f"data: {json.dumps(lost)}\n\ndata: [DONE]\n\n".encode() if sse else b""
             await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 

@@ -166,7 +166,8 @@ class MemoryService:
             new = await self._landed(rec, sess, state)
             if new is None:
                 raise ApiError(503, f"the database connection failed while storing the write to memory "
-                                    f"{rec.memory_id!r}; it was not stored: retry", code="database_unavailable") from None
+                                    f"{rec.memory_id!r}; it was not stored: retry",
+                               code="database_unavailable") from None
             log.info("commit to memory %r reported a lost connection but landed (version %d)", rec.memory_id,
                      new.version)
         except BaseException:

@@ -49,7 +49,8 @@ def _connection_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (DBAPIError, DisconnectionError) as e:
-            if not isinstance(e, (OperationalError, InterfaceError, DisconnectionError)) and not e.connection_invalidated:
+            lost = isinstance(e, (OperationalError, InterfaceError, DisconnectionError)) or e.connection_invalidated
+            if not lost:
                 raise  # a statement the database refused: a bug, not an outage
             raise StoreUnavailable(f"database unavailable ({type(getattr(e, 'orig', e)).__name__})") from e
     return wrapper

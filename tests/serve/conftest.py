@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import uuid
 
 import pytest
 
@@ -15,7 +14,7 @@ for _m in ("fastapi", "uvicorn", "sqlalchemy", "httpx", "openai"):
 
 import serve_helpers as h  # noqa: E402
 
-PG_ENV = "DELTAMEM_TEST_POSTGRES_URL"
+PG_ENV = h.PG_ENV
 KEYS = h.KEYS
 
 
@@ -35,27 +34,6 @@ def keys_file(tmp_path_factory):
     return str(p)
 
 
-def _postgres_db(base: str):
-    """A fresh database on the server of `base` (dropped afterwards): `(url, drop)`."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from deltamem.store import database_url
-
-    url = make_url(database_url(base))
-    name = f"deltamem_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop():
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url.set(database=name).render_as_string(hide_password=False), drop
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def db_url(request, tmp_path_factory):
     """A fresh database per test module: a SQLite file, or (with DELTAMEM_TEST_POSTGRES_URL) PostgreSQL."""
@@ -65,7 +43,7 @@ def db_url(request, tmp_path_factory):
     base = os.environ.get(PG_ENV)
     if not base:
         pytest.skip(f"set {PG_ENV}=postgresql://user@127.0.0.1:port/db to run against PostgreSQL (.ci/run does)")
-    url, drop = _postgres_db(base)
+    url, drop = h.postgres_db(base)
     yield url
     drop()
 

@@ -14,12 +14,14 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 FACTORY = "serve_helpers:tiny_model"
 MODEL = "deltamem-test"
 KEYS = {"acme": "key-acme-123456", "globex": "key-globex-456789"}  # tenant -> API key of the test servers
+PG_ENV = "DELTAMEM_TEST_POSTGRES_URL"  # a PostgreSQL server URL: the server tests also run against it
 _cache: dict = {}
 
 
@@ -149,3 +151,24 @@ def wait_replicas(base: str, n: int, proc: subprocess.Popen | None = None, limit
             pass
         time.sleep(0.5)
     raise RuntimeError(f"no {n} live replicas after {limit} s (last /healthz: {body})")
+
+
+def postgres_db(base: str):
+    """A fresh database on the server of `base` (dropped afterwards): `(url, drop)`."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from deltamem.store import database_url
+
+    url = make_url(database_url(base))
+    name = f"deltamem_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop():
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url.set(database=name).render_as_string(hide_password=False), drop

@@ -19,7 +19,6 @@ import pytest
 pytest.importorskip("ray.serve", reason="the cluster tests need Ray Serve: pip install -e '.[cluster]'")
 
 import serve_helpers as h  # noqa: E402
-from conftest import PG_ENV, _postgres_db  # noqa: E402
 from test_live import acme, test_auth_401_and_cross_tenant_404, test_openai_client_chat_and_stream  # noqa: E402,F401
 
 pytestmark = pytest.mark.cluster
@@ -31,8 +30,8 @@ DRIVER = [0]  # the pid of the cluster's `deltamem serve --replicas` process
 def live(keys_file, tmp_path_factory):
     """The cluster's base URL (named `live` so that the imported test_live tests run against it)."""
     tmp = tmp_path_factory.mktemp("cluster")
-    base_url = os.environ.get(PG_ENV)
-    db, drop = _postgres_db(base_url) if base_url else ("sqlite:///" + str(tmp / "cluster.db"), lambda: None)
+    base_url = os.environ.get(h.PG_ENV)
+    db, drop = h.postgres_db(base_url) if base_url else ("sqlite:///" + str(tmp / "cluster.db"), lambda: None)
     port = h.free_port()
     proc = h.start_cluster(db, port, keys_file, str(tmp / "cluster.log"))
     base = f"http://127.0.0.1:{port}"
