@@ -78,7 +78,7 @@ def test_healthz_counts_replicas_and_a_memory_stays_on_its_replica(live):
     assert body == {"status": "ok", "model": h.MODEL, "replicas": 2}
     with httpx.Client(base_url=live, headers=HDR, timeout=120) as c:
         assert chat(c, "sticky", "first turn").status_code == 200
-        time.sleep(1)  # the replica advertises the memories it holds every 0.1 s
+        time.sleep(3)  # the replica advertises the memories it holds every 0.1 s; the router hears it soon after
         served = [chat(c, "sticky", f"turn {t}").headers["x-deltamem-replica"] for t in range(6)]
     assert len(set(served)) == 1, served
 
