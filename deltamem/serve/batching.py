@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..adapter import MemoryState
-from ..runtime.generate import GenerationConfig, TextDecoder, _forward, _pick, cache_keyword, prefill
+from ..runtime.generate import (GenerationConfig, TextDecoder, cache_keyword, forward_with_memory, pick_next,
+                                prefill)
 
 
 @dataclass
@@ -101,7 +102,7 @@ class Running:
         out = self.logits.argmax(-1).tolist()
         for i, r in enumerate(self.rows):
             if r.cfg.do_sample:
-                out[i] = int(_pick(self.logits[i:i + 1], r.cfg, r.gen)[0])
+                out[i] = int(pick_next(self.logits[i:i + 1], r.cfg, r.gen)[0])
         return out
 
     def keep(self, idx: list[int]) -> None:
@@ -125,7 +126,7 @@ class Running:
         dev = self.mask.device
         ids = torch.tensor(tokens, device=dev).unsqueeze(1)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
-        out = _forward(self.model, self.state, input_ids=ids, attention_mask=self.mask,
+        out = forward_with_memory(self.model, self.state, input_ids=ids, attention_mask=self.mask,
                        position_ids=self.pos.unsqueeze(1), use_cache=True, **{self.key: self.cache})
         self.cache = getattr(out, self.key)
         self.logits = out.logits[:, -1]
