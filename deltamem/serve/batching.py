@@ -127,7 +127,7 @@ class Running:
         ids = torch.tensor(tokens, device=dev).unsqueeze(1)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
         out = forward_with_memory(self.model, self.state, input_ids=ids, attention_mask=self.mask,
-                       position_ids=self.pos.unsqueeze(1), use_cache=True, **{self.key: self.cache})
+                                  position_ids=self.pos.unsqueeze(1), use_cache=True, **{self.key: self.cache})
         self.cache = getattr(out, self.key)
         self.logits = out.logits[:, -1]
         self.pos = self.pos + 1
