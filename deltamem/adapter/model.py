@@ -142,7 +142,7 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Trainable δ-mem parameters, backbone parameters, and the DESIGN.md formula per layer:
+    """Trainable δ-mem parameters, backbone parameters, and the docs/design.md formula per layer:
     `4 H r d + H r + sum_heads out_features * H r`."""
     dm = get_delta_mem(model)
     d, rows = dm.backbone["hidden_size"], dm.config.state_rows

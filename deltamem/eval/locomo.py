@@ -1,6 +1,6 @@
 """LoCoMo (snap-research/locomo): the official per-question scorer, question prompts, and loading.
 
-Scoring follows `task_eval/evaluation.py` (shared/DESIGN.md section 6):
+Scoring follows `task_eval/evaluation.py` (docs/design.md section 6):
 lower-case, drop commas and punctuation, drop a/an/the/and, Porter-stem,
 token F1. Category 1 (multi-hop) splits prediction and gold on commas and
 averages, over the gold parts, the best F1 against any predicted part;

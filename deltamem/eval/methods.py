@@ -1,4 +1,4 @@
-"""What each method puts in front of a question, built once per conversation (shared/DESIGN.md section 6).
+"""What each method puts in front of a question, built once per conversation (docs/design.md section 6).
 
 Every method answers with the same backbone, system prompt, generation
 settings and history budget `W` (tokens of history in the prompt):

@@ -209,10 +209,6 @@ def generate_tokens(model, prompts: list[list[int]], state: MemoryState | None, 
     yield from decode(model, prefill(model, prompts, state, pad_id, prefix), state, cfg, stop)
 
 
-# deltamem/serve/batching.py (work in progress elsewhere) imports these two old private names; drop them once
-# it imports pick_next / forward_with_memory.
-_pick, _forward = pick_next, forward_with_memory
-
 
 class TextDecoder:
     """Incremental detokenisation of one row: `push(token)` returns the new text, whole characters only

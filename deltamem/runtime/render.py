@@ -1,7 +1,7 @@
 """Messages -> tokens: validation, chat-template rendering, and write-pass planning.
 
 One code path renders and segments every write, for `MemorySession.write` and
-for training episodes alike (shared/DESIGN.md section 4):
+for training episodes alike (docs/design.md section 4):
 
 * each message is rendered alone with the tokenizer's chat template (after a
   fixed system message, which is stripped) so its tokens do not depend on how

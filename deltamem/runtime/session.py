@@ -1,4 +1,4 @@
-"""`MemorySession`: one user's memory, following the session rules of shared/DESIGN.md section 4.
+"""`MemorySession`: one user's memory, following the session rules of docs/design.md section 4.
 
 1. every message is written once, in order, when it arrives (`write`, `chat`);
 2. write passes see the recent transcript as read-only context; long writes
