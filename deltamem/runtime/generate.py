@@ -119,6 +119,7 @@ class PrefixCache:
         out = forward_with_memory(model, state, input_ids=torch.tensor([prefix_ids], device=dev), use_cache=True,
                                   **_keep(model, 1))
         self.cache = getattr(out, self.key)
+        self.last_logits = out.logits[:, -1].float()  # [1, V]: the prediction of whatever follows the prefix
 
     def expanded(self, rows: int):
         """A copy of the cache repeated for `rows` rows (the cache itself stays reusable)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..runtime.generate import cache_keyword
+from ..runtime.generate import PrefixCache
 from ..runtime.render import Renderer, WritePass, check_messages, plan_writes
 
 CONTINUATION_TOKENS = 48  # most tokens of a continuation target
@@ -148,24 +148,22 @@ def target_pass(model, batch: dict[str, torch.Tensor], state=None) -> TargetPass
 
 def teacher_pass(model, encoded: list[EncodedEpisode], pad_id: int) -> TargetPass:
     """The frozen backbone (no memory bound) reading each episode's whole history, then each of its
-    reads' suffixes: the history is prefilled once per episode and its KV cache shared by the reads.
-    Positions come in the order `target_pass` gives for the same reads (read by read)."""
+    reads' suffixes: the history is prefilled once per episode (`runtime.generate.PrefixCache`) and its
+    KV cache shared by the reads. Positions come in the order `target_pass` gives for the same reads."""
     dev = next(model.parameters()).device
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
     logits, targets, rows = [], [], []
     first = 0
     for e in encoded:
-        pre = decoder(input_ids=torch.tensor([e.context], device=dev), use_cache=True)
-        cache, last = pre.past_key_values, pre.last_hidden_state[:, -1:]  # [1, 1, d]: predicts a suffix's first token
-        if len(e.reads) > 1:
-            cache.batch_repeat_interleave(len(e.reads))
+        prefix = PrefixCache(model, e.context)
         batch = collate([(r.suffix, r.suffix_start) for r in e.reads], pad_id)
         ids, labels = batch["input_ids"].to(dev), batch["labels"].to(dev)
-        mask = torch.cat([torch.ones(len(e.reads), len(e.context), dtype=torch.long), batch["attention_mask"]], 1)
-        hidden = decoder(input_ids=ids, attention_mask=mask.to(dev), use_cache=True, **{cache_keyword(decoder): cache}).last_hidden_state
-        prev = torch.cat([last.expand(len(e.reads), 1, -1), hidden[:, :-1]], 1)  # [Q, S, d]: the state before each token
+        mask = torch.cat([torch.ones(len(e.reads), prefix.length, dtype=torch.long), batch["attention_mask"]], 1)
+        out = model(input_ids=ids, attention_mask=mask.to(dev), use_cache=True,
+                    **{prefix.key: prefix.expanded(len(e.reads))}).logits.float()
+        # the logits before each suffix token; the first one is the prefix's last prediction
+        prev = torch.cat([prefix.last_logits.to(dev).expand(len(e.reads), 1, -1), out[:, :-1]], 1)  # [Q, S, V]
         sel = labels != -100  # [Q, S]
-        logits.append(head(prev[sel]).float())
+        logits.append(prev[sel])
         targets.append(labels[sel])
         rows.append(sel.nonzero()[:, 0] + first)
         first += len(e.reads)
