@@ -83,11 +83,16 @@ class ObjectivesConfig:
         whole history in its prompt, the student the same backbone with the history in memory only (or
         with only its last `window_tokens` in the prompt).
     answer_ce: cross-entropy of the gold answer of questions that have one.
+    contrast / contrast_margin: a hinge on gold answers, `max(0, margin + CE(own memory) - CE(another
+        episode's memory))`: what any memory gives (a format prior) earns nothing; only what this
+        history's memory adds over another's lowers it. Needs two episodes or more per micro-batch.
     gate_reg / gate_target: `gate_reg * (mean write-pass gate - gate_target)^2` (docs/design.md section 5).
     """
 
     distill: float = 1.0
     answer_ce: float = 0.0
+    contrast: float = 0.0
+    contrast_margin: float = 1.0
     gate_reg: float = 0.01
     gate_target: float = 0.05
 

@@ -18,18 +18,21 @@ class StepOutputs:
     """What one micro-batch computed. `student`: the reads with the memory (and their window);
     `teacher`: the same target tokens read by the frozen backbone with the whole history in its prompt
     (None when no term needs it); `answer`: `[R]` bool, reads whose target is a gold answer;
-    `binding`: the write pass's memory binding (its gates); `state`: the written memory `[B]`."""
+    `binding`: the write pass's memory binding (its gates); `state`: the written memory `[B]`;
+    `mismatched`: the student's reads with another episode's memory (None when no term needs it)."""
 
     student: TargetPass
     teacher: TargetPass | None
     answer: torch.Tensor
     binding: object
     state: object
+    mismatched: TargetPass | None = None
 
 
 class Objective:
     name = "objective"
     needs_teacher = False
+    needs_mismatched = False
 
     def __init__(self, weight: float):
         self.weight = weight
@@ -61,9 +64,31 @@ class AnswerCE(Objective):
     name = "answer_ce"
 
     def __call__(self, out: StepOutputs) -> torch.Tensor:
-        s = out.student
-        ce = torch.nn.functional.cross_entropy(s.logits, s.targets, reduction="none")
-        per_row = s.per_row(ce)
+        per_row = answer_ce_per_row(out.student)
+        mask = out.answer.to(per_row.device)
+        return (per_row * mask).sum() / mask.sum().clamp_min(1)
+
+
+def answer_ce_per_row(p: TargetPass) -> torch.Tensor:
+    """Mean cross-entropy of each read's target tokens -> `[R]`."""
+    return p.per_row(torch.nn.functional.cross_entropy(p.logits, p.targets, reduction="none"))
+
+
+class Contrast(Objective):
+    """The own memory against another episode's, on gold answers: mean over answered reads of
+    `max(0, margin + CE_own - CE_mismatched)`. A prior that any memory gives lowers both sides alike and
+    earns nothing; the term falls only when this history's memory makes its answer likelier."""
+
+    name = "contrast"
+    needs_mismatched = True
+
+    def __init__(self, weight: float, margin: float):
+        super().__init__(weight)
+        self.margin = margin
+
+    def __call__(self, out: StepOutputs) -> torch.Tensor:
+        gap = answer_ce_per_row(out.student) - answer_ce_per_row(out.mismatched)
+        per_row = torch.relu(self.margin + gap)
         mask = out.answer.to(per_row.device)
         return (per_row * mask).sum() / mask.sum().clamp_min(1)
 
@@ -114,6 +139,8 @@ def build_objectives(cfg, model=None, preserve_rows: list[list[int]] | None = No
         terms.append(Distill(o.distill))
     if o.answer_ce > 0:
         terms.append(AnswerCE(o.answer_ce))
+    if o.contrast > 0:
+        terms.append(Contrast(o.contrast, o.contrast_margin))
     if o.gate_reg > 0:
         terms.append(GateReg(o.gate_reg, o.gate_target))
     if cfg.preserve.weight > 0:

@@ -68,6 +68,7 @@ class Trainer:
                                  cfg.run.seed) if cfg.preserve.weight > 0 else None
         self.objectives = build_objectives(cfg, model, rows)
         self.needs_teacher = any(o.needs_teacher for o in self.objectives)
+        self.needs_mismatched = any(o.needs_mismatched for o in self.objectives)
         groups = self.dm.param_groups()
         self.params = [p for name in GROUPS for p in groups[name]]
         self.opt = torch.optim.AdamW([{"params": groups[name], "lr": cfg.optim.lr * cfg.optim.lr_scale.get(name, 1.0),
@@ -102,13 +103,18 @@ class Trainer:
             binding = run_write(self.model, state, [e.write for e in enc], self.pad_id, collect_gates=True)
         owner = [i for i, e in enumerate(enc) for _ in e.reads]
         reads = [r for e in enc for r in e.reads]
-        student = target_pass(self.model, collate([(r.student, r.student_start) for r in reads], self.pad_id),
-                              state.rows(owner))
-        teacher = None
+        batch = collate([(r.student, r.student_start) for r in reads], self.pad_id)
+        student = target_pass(self.model, batch, state.rows(owner))
+        teacher = mismatched = None
         if self.needs_teacher:
             with torch.no_grad():
                 teacher = teacher_pass(self.model, enc, self.pad_id)
-        return StepOutputs(student, teacher, torch.tensor([r.answer for r in reads]), binding, state)
+        if self.needs_mismatched:
+            if len(enc) < 2:
+                raise ValueError("objectives.contrast needs two episodes or more per micro-batch "
+                                 "(optim.batch_size / ranks / optim.grad_accum >= 2)")
+            mismatched = target_pass(self.model, batch, state.rolled().rows(owner))
+        return StepOutputs(student, teacher, torch.tensor([r.answer for r in reads]), binding, state, mismatched)
 
     def train_step(self, episodes) -> dict:
         """Forward/backward over this rank's share of `episodes` (the global batch), then one update."""
@@ -173,7 +179,7 @@ class Trainer:
             for name, st in (("own", state), ("mismatched", state.rolled())):
                 out = self.forward(part, st, binding)
                 for t in self.objectives:
-                    if t.name != "preserve":
+                    if t.name not in ("preserve", "contrast"):
                         sums[name][t.name] = sums[name].get(t.name, 0.0) + float(t(out)) * len(part)
         count = sum(map(len, parts))
         res = {k: {t: v / max(count, 1) for t, v in d.items()} for k, d in sums.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from deltamem.train.episode import TargetPass
-from deltamem.train.objectives import AnswerCE, Distill, GateReg, StepOutputs, build_objectives
+from deltamem.train.objectives import AnswerCE, Contrast, Distill, GateReg, StepOutputs, build_objectives
 
 
 def _pass(logits, targets, rows, B):
@@ -46,6 +46,30 @@ def test_answer_ce_averages_over_answer_reads_only():
     assert float(AnswerCE(1.0)(none)) == 0.0
 
 
+def test_contrast_is_the_hinge_of_own_over_mismatched_answer_ce_on_answer_reads():
+    rows, targets = [0, 0, 1, 1], [2, 2, 0, 0]
+    sure = torch.zeros(4, 3)
+    sure[:, 2] = sure[2:, 0] = 6.0  # reads 0 and 1 both predict their targets well
+    sure[2:, 2] = 0.0
+    vague = torch.zeros(4, 3)  # uniform: CE log 3
+    answered = torch.tensor([True, True])
+    # own memory better than another's by more than the margin: nothing to gain
+    won = StepOutputs(_pass(sure, targets, rows, 2), None, answered, None, None, _pass(vague, targets, rows, 2))
+    assert float(Contrast(1.0, 0.5)(won)) == 0.0
+    # a prior any memory gives (own == mismatched) costs exactly the margin
+    tie = StepOutputs(_pass(sure, targets, rows, 2), None, answered, None, None, _pass(sure.clone(), targets, rows, 2))
+    assert abs(float(Contrast(1.0, 0.5)(tie)) - 0.5) < 1e-6
+    # own worse than mismatched: margin + the gap, and its gradient reaches the own pass
+    own = vague.clone().requires_grad_(True)
+    lost = StepOutputs(_pass(own, targets, rows, 2), None, torch.tensor([True, False]), None, None,
+                       _pass(sure, targets, rows, 2))
+    gap = torch.log(torch.tensor(3.0)) - torch.nn.functional.cross_entropy(sure[:2], torch.tensor([2, 2]))
+    loss = Contrast(1.0, 0.5)(lost)
+    assert torch.allclose(loss, 0.5 + gap)
+    loss.backward()
+    assert own.grad[:2].abs().sum() > 0 and own.grad[2:].abs().sum() == 0  # read 1 has no gold answer
+
+
 def test_gate_reg_is_the_squared_distance_to_its_target():
     out = StepOutputs(None, None, None, _Binding(0.25), None)
     assert abs(float(GateReg(0.01, 0.05)(out)) - 0.04) < 1e-7
@@ -57,6 +81,9 @@ def test_build_objectives_takes_the_weighted_terms_in_order(make_cfg):
     terms = build_objectives(cfg)
     assert [(t.name, t.weight) for t in terms] == [("distill", 1.0), ("gate_reg", 0.5)]
     assert terms[0].needs_teacher and not terms[1].needs_teacher
+    with_contrast = build_objectives(make_cfg(objectives={"answer_ce": 1.0, "contrast": 2.0, "contrast_margin": 0.3}))
+    assert [t.name for t in with_contrast] == ["distill", "answer_ce", "contrast", "gate_reg"]
+    assert with_contrast[2].needs_mismatched and with_contrast[2].margin == 0.3
 
 
 def test_preserve_is_zero_without_memory_and_positive_with_one(make_cfg, locomo_file):

@@ -34,6 +34,20 @@ def test_a_step_moves_every_group_and_logs_every_term(make_cfg):
     assert rec["distill"] > 0 and rec["reads"] >= 2
 
 
+def test_contrast_reads_each_episode_with_another_episodes_memory(make_cfg):
+    tr = Trainer(make_cfg(objectives={"distill": 0.0, "answer_ce": 1.0, "contrast": 1.0}), progress=False)
+    enc = tr.encode(tr.stream.batch(0, 2))
+    out = tr.forward(enc)
+    assert not tr.needs_teacher and out.teacher is None
+    own, other = out.student, out.mismatched
+    assert torch.equal(own.targets, other.targets) and torch.equal(own.rows, other.rows)
+    assert not torch.allclose(own.logits, other.logits)  # another memory, other logits
+    rec = tr.train_step(tr.stream.batch(1, 2))
+    assert rec["contrast"] >= 0 and "contrast" in rec
+    with pytest.raises(ValueError, match="two episodes or more"):
+        tr.forward(enc[:1])
+
+
 def test_resume_continues_exactly(make_cfg):
     whole = Trainer(make_cfg("whole", optim={"steps": 2}), progress=False)
     whole.fit()
