@@ -83,6 +83,13 @@ class Renderer:
             raise ValueError("the tokenizer's chat template does not render messages incrementally")
         return full[len(self._prefix):]
 
+    def reply(self, m: dict) -> tuple[list[int], list[int]]:
+        """`(header ids, content ids)` of message `m` as a reply is generated: its role's turn header,
+        then its bare content (no timestamp or speaker name: replies are generated without them)."""
+        text = self.message({"role": m["role"], "content": m["content"]})
+        i = text.rindex(m["content"])
+        return self.encode(text[:i]), self.encode(m["content"])
+
     def message_tokens(self, m: dict, granularity: str = "token") -> tuple[list[int], list[int]]:
         """`(token ids, sentence index of each token)`; sentence indices only matter for "sentence" writes."""
         text = self.message(m)

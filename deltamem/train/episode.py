@@ -9,7 +9,9 @@ one read, encoded twice over the same target tokens:
 
 The history is rendered message by message and written by `runtime.render.plan_writes` and
 `runtime.writer.run_write`, and the question is asked as `deltamem eval` asks it (a user message,
-then the generation prompt), so training, evaluation and serving share one code path.
+then the generation prompt), so training, evaluation and serving share one code path. A continuation
+is read as a reply is generated: its role's turn header as the prompt, its bare content (no timestamp
+or speaker name) as the target.
 """
 
 from __future__ import annotations
@@ -88,9 +90,8 @@ def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_
     reads = []
     for q in ep.queries:
         if q.question is None:
-            prompt = []
-            target = renderer.encode(renderer.message(check_messages([q.target], "continuation")[0]))
-            target = target[:CONTINUATION_TOKENS]
+            prompt, content = renderer.reply(check_messages([q.target], "continuation")[0])
+            target = (content + [end_id])[:CONTINUATION_TOKENS]
         else:
             prompt = renderer.encode(renderer.message({"role": "user", "content": q.question})) + gen
             target = renderer.encode(q.target) + [end_id]

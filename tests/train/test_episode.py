@@ -45,12 +45,19 @@ def test_window_keeps_the_last_whole_messages_that_fit(tokenizer):
     assert read.student[: read.student_start] == e.context + read.suffix[: read.suffix_start]
 
 
-def test_continuation_targets_the_next_message(tokenizer):
+def test_continuation_targets_the_next_message_as_a_reply_is_generated(tokenizer):
     nxt = {"role": "assistant", "name": "Bo", "timestamp": "2 May 2024", "content": "Same here, rain all day."}
     r, e = _enc(tokenizer, [Query(None, nxt)])
     read = e.reads[0]
-    assert read.suffix_start == 0 and not read.answer
-    assert read.suffix == r.encode(r.message(nxt))[:48]
+    assert not read.answer
+    # the prompt is the role's generation header, the target the bare content and the end of turn:
+    # no timestamp or name, which a generated reply never starts with
+    assert read.suffix[: read.suffix_start] == r.prompt([], None)[len(r.system_ids):]
+    assert read.suffix[read.suffix_start:] == r.encode("Same here, rain all day.") + [2]
+    user = {**nxt, "role": "user"}
+    _, e = _enc(tokenizer, [Query(None, user)])
+    header = e.reads[0].suffix[: e.reads[0].suffix_start]
+    assert tokenizer.decode(header).strip().endswith("user")
 
 
 def test_reads_that_do_not_fit_are_dropped(tokenizer):
