@@ -64,9 +64,13 @@ class AnswerCE(Objective):
     name = "answer_ce"
 
     def __call__(self, out: StepOutputs) -> torch.Tensor:
-        per_row = answer_ce_per_row(out.student)
-        mask = out.answer.to(per_row.device)
-        return (per_row * mask).sum() / mask.sum().clamp_min(1)
+        return answer_mean(answer_ce_per_row(out.student), out.answer)
+
+
+def answer_mean(per_row: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+    """Mean of `[R]` per-read values over the reads whose target is a gold answer (0 when none is)."""
+    mask = answer.to(per_row.device)
+    return (per_row * mask).sum() / mask.sum().clamp_min(1)
 
 
 def answer_ce_per_row(p: TargetPass) -> torch.Tensor:
@@ -88,9 +92,7 @@ class Contrast(Objective):
 
     def __call__(self, out: StepOutputs) -> torch.Tensor:
         gap = answer_ce_per_row(out.student) - answer_ce_per_row(out.mismatched)
-        per_row = torch.relu(self.margin + gap)
-        mask = out.answer.to(per_row.device)
-        return (per_row * mask).sum() / mask.sum().clamp_min(1)
+        return answer_mean(torch.relu(self.margin + gap), out.answer)
 
 
 class GateReg(Objective):
