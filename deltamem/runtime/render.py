@@ -87,7 +87,9 @@ class Renderer:
         """`(header ids, content ids)` of message `m` as a reply is generated: its role's turn header,
         then its bare content (no timestamp or speaker name: replies are generated without them)."""
         text = self.message({"role": m["role"], "content": m["content"]})
-        i = text.rindex(m["content"])
+        i = text.rfind(m["content"])
+        if i < 0:
+            raise ValueError("the tokenizer's chat template does not keep a message's content verbatim")
         return self.encode(text[:i]), self.encode(m["content"])
 
     def message_tokens(self, m: dict, granularity: str = "token") -> tuple[list[int], list[int]]:

@@ -95,9 +95,11 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
 
-    def forward(self, enc: list[EncodedEpisode], state: MemoryState | None = None, binding=None) -> StepOutputs:
+    def forward(self, enc: list[EncodedEpisode], state: MemoryState | None = None, binding=None,
+                mismatched: bool = True) -> StepOutputs:
         """Write each episode's history into a fresh state (unless `state` is given), then run every read
-        with its episode's memory, and the teacher's reads when an objective needs them."""
+        with its episode's memory, the teacher's reads when an objective needs them, and (unless
+        `mismatched` is False) the reads with another episode's memory when an objective needs them."""
         if state is None:
             state = MemoryState.zeros(self.model, batch_size=len(enc), device=self.device)
             binding = run_write(self.model, state, [e.write for e in enc], self.pad_id, collect_gates=True)
@@ -105,16 +107,16 @@ class Trainer:
         reads = [r for e in enc for r in e.reads]
         batch = collate([(r.student, r.student_start) for r in reads], self.pad_id)
         student = target_pass(self.model, batch, state.rows(owner))
-        teacher = mismatched = None
+        teacher = other = None
         if self.needs_teacher:
             with torch.no_grad():
                 teacher = teacher_pass(self.model, enc, self.pad_id)
-        if self.needs_mismatched:
+        if mismatched and self.needs_mismatched:
             if len(enc) < 2:
                 raise ValueError("objectives.contrast needs two episodes or more per micro-batch "
                                  "(optim.batch_size / ranks / optim.grad_accum >= 2)")
-            mismatched = target_pass(self.model, batch, state.rolled().rows(owner))
-        return StepOutputs(student, teacher, torch.tensor([r.answer for r in reads]), binding, state, mismatched)
+            other = target_pass(self.model, batch, state.rolled().rows(owner))
+        return StepOutputs(student, teacher, torch.tensor([r.answer for r in reads]), binding, state, other)
 
     def train_step(self, episodes) -> dict:
         """Forward/backward over this rank's share of `episodes` (the global batch), then one update."""
@@ -177,9 +179,9 @@ class Trainer:
             state = MemoryState.zeros(self.model, batch_size=len(part), device=self.device)
             binding = run_write(self.model, state, [e.write for e in part], self.pad_id, collect_gates=True)
             for name, st in (("own", state), ("mismatched", state.rolled())):
-                out = self.forward(part, st, binding)
+                out = self.forward(part, st, binding, mismatched=False)  # this loop is the mismatched view
                 for t in self.objectives:
-                    if t.name not in ("preserve", "contrast"):
+                    if t.name != "preserve" and not t.needs_mismatched:
                         sums[name][t.name] = sums[name].get(t.name, 0.0) + float(t(out)) * len(part)
         count = sum(map(len, parts))
         res = {k: {t: v / max(count, 1) for t, v in d.items()} for k, d in sums.items()}
