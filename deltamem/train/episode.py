@@ -125,10 +125,18 @@ class TargetPass:
     rows: torch.Tensor  # [N] the batch row of each position
     batch_size: int
 
-    def per_row(self, values: torch.Tensor) -> torch.Tensor:
-        """Mean of `values [N]` over each row's positions -> `[B]`."""
-        n = torch.bincount(self.rows, minlength=self.batch_size).clamp_min(1)
-        return torch.zeros(self.batch_size, device=values.device, dtype=values.dtype).index_add(0, self.rows, values) / n
+    def per_row(self, values: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of `values [N]` over each row's positions (those where `keep [N]` is True) -> `[B]`."""
+        rows = self.rows if keep is None else self.rows[keep]
+        values = values if keep is None else values[keep]
+        n = torch.bincount(rows, minlength=self.batch_size).clamp_min(1)
+        return torch.zeros(self.batch_size, device=values.device, dtype=values.dtype).index_add(0, rows, values) / n
+
+    def first(self) -> torch.Tensor:
+        """`[N]` bool: the position that predicts its row's first target token."""
+        out = torch.ones_like(self.rows, dtype=torch.bool)
+        out[1:] = self.rows[1:] != self.rows[:-1]
+        return out
 
 
 def target_pass(model, batch: dict[str, torch.Tensor], state=None) -> TargetPass:
