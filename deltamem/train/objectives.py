@@ -49,9 +49,8 @@ class Distill(Objective):
     reads the whole history in its prompt and the student reads it from memory (plus its window).
 
     A continuation's first token is left out: there the teacher, fresh from a transcript whose every turn
-    opens with `[date] Name:`, puts ~0.9 of its mass on `[`, a format the generated reply never takes
-    (distilled, it taught replies to open with a transcript prefix). Its later tokens, and every token of
-    an answer, are distilled."""
+    opens with `[date] Name:`, puts ~0.9 of its mass on `[`, a format the generated reply never takes.
+    Its later tokens, and every token of an answer, are distilled."""
 
     name = "distill"
     needs_teacher = True
