@@ -31,24 +31,24 @@ def test_distill_is_zero_when_student_matches_teacher_and_is_the_mean_row_kl_oth
     loss = Distill(1.0)(out)
     pt, ls = t.log_softmax(-1), s.log_softmax(-1)
     kl = (pt.exp() * (pt - ls)).sum(-1)
-    # row 1 is a continuation: its first position (the teacher's turn-format choice) is left out
-    assert torch.allclose(loss, (kl[:2].mean() + kl[3:].mean()) / 2)
+    # each read's first position (the teacher's turn-format choice) is left out
+    assert torch.allclose(loss, (kl[1] + kl[3:].mean()) / 2)
     loss.backward()
     assert s.grad.abs().sum() > 0
-    assert s.grad[2].abs().sum() == 0 and s.grad[0].abs().sum() > 0
+    assert s.grad[0].abs().sum() == 0 and s.grad[2].abs().sum() == 0 and s.grad[1].abs().sum() > 0
 
 
-def test_distill_leaves_out_only_the_first_token_of_a_continuation():
+def test_distill_leaves_out_the_first_token_of_answers_and_continuations_alike():
     torch.manual_seed(1)
     t, s = torch.randn(6, 7), torch.randn(6, 7)
     rows = [0, 0, 0, 1, 1, 2]
     pt, ls = t.log_softmax(-1), s.log_softmax(-1)
     kl = (pt.exp() * (pt - ls)).sum(-1)
-    cont = StepOutputs(_pass(s, [1] * 6, rows, 3), _pass(t, [1] * 6, rows, 3), torch.tensor([0, 0, 0]), None, None)
-    # a one-token continuation (row 2) keeps nothing and counts as 0 in the mean over reads
-    assert torch.allclose(Distill(1.0)(cont), (kl[1:3].mean() + kl[4:5].mean() + 0) / 3)
-    ans = StepOutputs(_pass(s, [1] * 6, rows, 3), _pass(t, [1] * 6, rows, 3), torch.tensor([1, 1, 1]), None, None)
-    assert torch.allclose(Distill(1.0)(ans), (kl[:3].mean() + kl[3:5].mean() + kl[5]) / 3)
+    # a one-token read (row 2) keeps nothing and counts as 0 in the mean over reads
+    want = (kl[1:3].mean() + kl[4:5].mean() + 0) / 3
+    for answer in ([0, 0, 0], [1, 1, 1], [1, 0, 1]):
+        out = StepOutputs(_pass(s, [1] * 6, rows, 3), _pass(t, [1] * 6, rows, 3), torch.tensor(answer), None, None)
+        assert torch.allclose(Distill(1.0)(out), want)
 
 
 def test_target_pass_first_marks_each_rows_first_position():
