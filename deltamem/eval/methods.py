@@ -14,6 +14,11 @@ settings and history budget `W` (tokens of history in the prompt):
 | `delta-mem` `window+memory` | as `window` | whole history written |
 | `delta-mem` `full+memory` | as `full` (the paper's protocol) | whole history written |
 | `delta-mem` `mismatched` | system + question | another conversation's history written |
+| `delta-mem` `window+mismatched` | as `window` | another conversation's history written |
+
+The two mismatched conditions are the controls of `memory-only` and `window+memory`: what a memory
+gives whatever it holds (a format, a prior) shows in them too; only what it carries from this
+conversation's history does not.
 
 A conversation's memory state and summary are computed once and cached on
 disk (keyed by the adapter or backbone and the history's hash), so other
@@ -31,7 +36,8 @@ from ..runtime.render import message_text
 from .items import Conversation, Item
 
 METHODS = ("none", "window", "full", "rag-bm25", "rag-dense", "summary", "delta-mem")
-CONDITIONS = ("memory-only", "window+memory", "full+memory", "mismatched")
+CONDITIONS = ("memory-only", "window+memory", "full+memory", "mismatched", "window+mismatched")
+MISMATCHED = ("mismatched", "window+mismatched")  # the controls: another conversation's memory
 SYSTEM_PROMPT = "You are a helpful assistant with a long-term memory of earlier conversations."
 SUMMARY_PROMPT = ("Summary of the conversation so far:\n{summary}\n\nNext part of the conversation:\n{turns}\n\n"
                   "Write an updated summary of the whole conversation in at most {words} words. Keep names, dates, "
@@ -49,7 +55,7 @@ def check_method(method: str, condition: str | None) -> None:
 
 def uses_window(method: str, condition: str | None) -> bool:
     """Whether `W` changes what the method shows (others are run and cached once for every W)."""
-    return method in ("window", "rag-bm25", "rag-dense", "summary") or condition == "window+memory"
+    return method in ("window", "rag-bm25", "rag-dense", "summary") or condition in ("window+memory", "window+mismatched")
 
 
 def label(method: str, condition: str | None) -> str:
@@ -150,10 +156,11 @@ def build(env: Env, method: str, condition: str | None, prep: Prepared, partner:
         text = rolling_summary(env, prep)
         msg = r.encode(r.message({"role": "user", "content": f"Summary of our earlier conversation: {text}"}))
         return shared(system + msg + flat(prep.window(max(env.window - len(msg), 0))))
-    if condition == "mismatched":
+    if condition in MISMATCHED:
         if partner is None:
             raise ValueError("the mismatched control needs a second conversation in the suite")
-        return shared(system, written_state(env, partner), note=f"memory of {partner.conv.id}")
+        shown = system + (flat(prep.window(env.window)) if condition == "window+mismatched" else [])
+        return shared(shown, written_state(env, partner), note=f"memory of {partner.conv.id}")
     state = written_state(env, prep)
     if condition == "memory-only":
         return shared(system, state)

@@ -3,8 +3,8 @@
 Scores are means over answered items (micro averages, as the official LoCoMo
 script reports them). LoCoMo's headline is the 1-4 aggregate (category 5,
 adversarial, is reported beside it); other suites' headline is the mean over
-all items. Methods that do not use the window (`none`, `full`, memory-only
-and mismatched δ-mem) have window "-" and take part in every window's
+all items. Methods that do not use the window (`none`, `full`, memory-only,
+full+memory and mismatched δ-mem) have window "-" and take part in every window's
 comparison. The ratios, per suite and window W:
 
 * delta-mem / window: δ-mem `window+memory` at W against the `window` baseline at W;
@@ -16,8 +16,9 @@ still running is left out of the comparison).
 
 Each row also shows the mean answer CE (teacher-forced cross-entropy of the
 gold answer where the reply is generated, nats per token; records from before
-it was measured are left out of the mean). When memory-only and mismatched
-δ-mem ran on the same items, the ratios add answer CE own / mismatched: below
+it was measured are left out of the mean). When a δ-mem condition and its
+control (memory-only and mismatched; window+memory and window+mismatched at the
+same W) ran on the same items, the ratios add answer CE own / mismatched: below
 1 when the conversation's own memory makes the gold answer likelier than
 another conversation's memory does.
 """
@@ -32,7 +33,8 @@ from collections import defaultdict
 from .locomo import CATEGORIES
 
 SUMMARY, TABLE = "summary.json", "table.md"
-HEADLINE_DM = ("window+memory", "full+memory", "memory-only")
+HEADLINE_DM = ("window+memory", "full+memory", "memory-only", "window+mismatched")
+CONTROLS = (("memory-only", "mismatched"), ("window+memory", "window+mismatched"))  # own memory, its control
 
 
 def collect(dirs: list[str]) -> list[dict]:
@@ -110,13 +112,15 @@ def ratios(agg: dict) -> list[dict]:
                             "best_score": best["headline"] if best else None,
                             "delta_mem/window": _ratio(dm["headline"], win["headline"] if win else None),
                             "delta_mem/best": _ratio(dm["headline"], best["headline"] if best else None)})
-        own = next((r for r in rows if r["label"] == "delta-mem:memory-only"), None)
-        other = next((r for r in rows if r["label"] == "delta-mem:mismatched"), None)
-        if own and other and own["answer_ce"] and other["answer_ce"] and own["n"] == other["n"] \
-                and own["conversations"] == other["conversations"]:
-            out.append({"suite": suite, "answer_ce": "delta-mem:memory-only / delta-mem:mismatched",
-                        "own_ce": own["answer_ce"], "mismatched_ce": other["answer_ce"],
-                        "ratio": own["answer_ce"] / other["answer_ce"]})
+        for own_c, mis_c in CONTROLS:
+            for w in sorted({r["window"] for r in rows if r["label"] == f"delta-mem:{own_c}"}, key=lambda w: w or 0):
+                own = next(r for r in rows if r["label"] == f"delta-mem:{own_c}" and r["window"] == w)
+                other = next((r for r in rows if r["label"] == f"delta-mem:{mis_c}" and r["window"] == w), None)
+                if other and own["answer_ce"] and other["answer_ce"] and own["n"] == other["n"] \
+                        and own["conversations"] == other["conversations"]:
+                    out.append({"suite": suite, "window": w, "answer_ce": f"delta-mem:{own_c} / delta-mem:{mis_c}",
+                                "own_ce": own["answer_ce"], "mismatched_ce": other["answer_ce"],
+                                "ratio": own["answer_ce"] / other["answer_ce"]})
         p = s.get("perplexity") or {}
         if "none" in p:
             for lab, v in p.items():
@@ -170,7 +174,7 @@ def markdown(agg: dict, rats: list[dict]) -> str:
                              f"{q['ratio_to_backbone']:.3f} | |")
                 continue
             if "answer_ce" in q:
-                lines.append(f"| {q['suite']} | - | answer CE, {q['answer_ce']} | {q['ratio']:.3f} "
+                lines.append(f"| {q['suite']} | {q['window'] or '-'} | answer CE, {q['answer_ce']} | {q['ratio']:.3f} "
                              f"({q['own_ce']:.3f} / {q['mismatched_ce']:.3f}) | |")
                 continue
             lines.append(f"| {q['suite']} | {q['window'] or '-'} | {q['delta_mem']} | {_f(q['delta_mem/window'], 2)} | "

@@ -33,7 +33,7 @@ from ..runtime.generate import GenerationConfig, stop_ids
 from ..runtime.render import Renderer
 from .engine import answer_batch, answer_ce
 from .items import Conversation
-from .methods import SYSTEM_PROMPT, Env, Prepared, answer_ids, build, check_method, label, uses_window
+from .methods import MISMATCHED, SYSTEM_PROMPT, Env, Prepared, answer_ids, build, check_method, label, uses_window
 from .suites import SUITES, answer_text, score_item, select, target_text
 
 RESULTS = "results.jsonl"
@@ -171,7 +171,7 @@ def run_items(model, tokenizer, spec: EvalSpec, conversations: list[Conversation
     """Answer every selected item not yet in `spec.out` (appending its record) and return this run's records,
     those found already done included. `conversations`: as in `run_eval`."""
     all_convs, data = _load(spec, conversations)
-    if spec.suite == "general" and spec.condition == "mismatched":
+    if spec.suite == "general" and spec.condition in MISMATCHED:
         raise ValueError("suite general has one (unrelated) history: the mismatched control does not apply")
     convs = select(all_convs, default_conversations(spec, all_convs), spec.limit)
     max_positions = int(getattr(model.config, "max_position_embeddings", 2048))
@@ -220,7 +220,7 @@ def run_items(model, tokenizer, spec: EvalSpec, conversations: list[Conversation
             if not items and not want_ppl:
                 continue
             prep = Prepared(env, conv)
-            partner = _partner(env, convs, all_convs, i) if spec.condition == "mismatched" else None
+            partner = _partner(env, convs, all_convs, i) if spec.condition in MISMATCHED else None
             ctx = build(env, spec.method, spec.condition, prep, partner)
             if ctx.prefix is None:  # does not fit: one record per item says so
                 for it in items:
