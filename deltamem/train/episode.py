@@ -51,6 +51,7 @@ class Read:
     suffix: list[int]  # prompt + target: what the teacher reads after the episode's `context`
     suffix_start: int  # first target token in `suffix`
     answer: bool  # the target is a gold answer (answer CE applies)
+    windowed: bool = False  # the student's prompt holds some of the history (a window+memory read)
 
 
 @dataclass
@@ -98,7 +99,8 @@ def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_
         shown = system + window_ids(ids, q.window) + prompt
         if len(shown) + len(target) > max_read_tokens:
             continue
-        reads.append(Read(shown + target, len(shown), prompt + target, len(prompt), q.question is not None))
+        reads.append(Read(shown + target, len(shown), prompt + target, len(prompt), q.question is not None,
+                          len(shown) > len(system) + len(prompt)))
     return EncodedEpisode(passes[0], system + full, reads) if reads else None
 
 

@@ -19,7 +19,8 @@ class StepOutputs:
     `teacher`: the same target tokens read by the frozen backbone with the whole history in its prompt
     (None when no term needs it); `answer`: `[R]` bool, reads whose target is a gold answer;
     `binding`: the write pass's memory binding (its gates); `state`: the written memory `[B]`;
-    `mismatched`: the student's reads with another episode's memory (None when no term needs it)."""
+    `mismatched`: the student's reads with another episode's memory (None when no term needs it);
+    `windowed`: `[R]` bool, reads whose prompt holds some of the history (None: none does)."""
 
     student: TargetPass
     teacher: TargetPass | None
@@ -27,6 +28,7 @@ class StepOutputs:
     binding: object
     state: object
     mismatched: TargetPass | None = None
+    windowed: torch.Tensor | None = None
 
 
 class Objective:
@@ -86,9 +88,13 @@ def answer_ce_per_row(p: TargetPass) -> torch.Tensor:
 
 
 class Contrast(Objective):
-    """The own memory against another episode's, on gold answers: mean over answered reads of
-    `max(0, margin + CE_own - CE_mismatched)`. A prior that any memory gives lowers both sides alike and
-    earns nothing; the term falls only when this history's memory makes its answer likelier."""
+    """The own memory against another episode's, on gold answers: mean over answered memory-only reads
+    of `max(0, margin + CE_own - CE_mismatched)`. A prior that any memory gives lowers both sides alike
+    and earns nothing; the term falls only when this history's memory makes its answer likelier.
+
+    Window+memory reads are left out: there the window may hold the answer, and the hinge, which
+    also falls when the mismatched side rises, would teach a memory that does not fit to override
+    what the window says, the one harm a memory must never do."""
 
     name = "contrast"
     needs_mismatched = True
@@ -99,7 +105,10 @@ class Contrast(Objective):
 
     def __call__(self, out: StepOutputs) -> torch.Tensor:
         gap = answer_ce_per_row(out.student) - answer_ce_per_row(out.mismatched)
-        return answer_mean(torch.relu(self.margin + gap), out.answer)
+        reads = out.answer.bool()
+        if out.windowed is not None:
+            reads = reads & ~out.windowed.bool().to(reads.device)
+        return answer_mean(torch.relu(self.margin + gap), reads)
 
 
 class GateReg(Objective):

@@ -116,7 +116,8 @@ class Trainer:
                 raise ValueError("objectives.contrast needs two episodes or more per micro-batch "
                                  "(optim.batch_size / ranks / optim.grad_accum >= 2)")
             other = target_pass(self.model, batch, state.rolled().rows(owner))
-        return StepOutputs(student, teacher, torch.tensor([r.answer for r in reads]), binding, state, other)
+        return StepOutputs(student, teacher, torch.tensor([r.answer for r in reads]), binding, state, other,
+                           torch.tensor([r.windowed for r in reads]))
 
     def train_step(self, episodes) -> dict:
         """Forward/backward over this rank's share of `episodes` (the global batch), then one update."""

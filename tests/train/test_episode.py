@@ -29,7 +29,7 @@ def test_student_holds_no_history_and_teacher_all_of_it(tokenizer):
     assert read.student[: len(r.system_ids)] == r.system_ids
     assert read.student[len(r.system_ids): read.student_start] == read.suffix[: read.suffix_start]  # no history
     assert e.context == r.system_ids + [t for m in msgs for t in m]
-    assert read.answer
+    assert read.answer and not read.windowed
     # the write pass is the one a session plans for the same messages
     passes, _ = plan_writes(r, [], HIST, segment_tokens=512, context_tokens=0, granularity="token")
     assert torch.equal(e.write.input_ids, passes[0].input_ids)
@@ -43,6 +43,9 @@ def test_window_keeps_the_last_whole_messages_that_fit(tokenizer):
     r, e = _enc(tokenizer, [Query("Q?", "A", window=10_000)])
     read = e.reads[0]
     assert read.student[: read.student_start] == e.context + read.suffix[: read.suffix_start]
+    assert read.windowed
+    _, e = _enc(tokenizer, [Query("Q?", "A", window=3)])  # no whole message fits: memory-only after all
+    assert not e.reads[0].windowed
 
 
 def test_continuation_targets_the_next_message_as_a_reply_is_generated(tokenizer):

@@ -90,6 +90,24 @@ def test_contrast_is_the_hinge_of_own_over_mismatched_answer_ce_on_answer_reads(
     assert own.grad[:2].abs().sum() > 0 and own.grad[2:].abs().sum() == 0  # read 1 has no gold answer
 
 
+def test_contrast_leaves_window_and_memory_reads_out():
+    rows, targets = [0, 0, 1, 1], [2, 2, 0, 0]
+    vague, sure = torch.zeros(4, 3), torch.zeros(4, 3)
+    sure[:, 2] = sure[2:, 0] = 6.0
+    sure[2:, 2] = 0.0
+    own = vague.clone().requires_grad_(True)
+    out = StepOutputs(_pass(own, targets, rows, 2), None, torch.tensor([True, True]), None, None,
+                      _pass(sure, targets, rows, 2), torch.tensor([False, True]))
+    gap = torch.log(torch.tensor(3.0)) - torch.nn.functional.cross_entropy(sure[:2], torch.tensor([2, 2]))
+    loss = Contrast(1.0, 0.5)(out)
+    assert torch.allclose(loss, 0.5 + gap)  # read 1 holds a window: its hinge is not counted
+    loss.backward()
+    assert own.grad[:2].abs().sum() > 0 and own.grad[2:].abs().sum() == 0
+    # only windowed reads: nothing to contrast
+    out.windowed = torch.tensor([True, True])
+    assert float(Contrast(1.0, 0.5)(out)) == 0.0
+
+
 def test_gate_reg_is_the_squared_distance_to_its_target():
     out = StepOutputs(None, None, None, _Binding(0.25), None)
     assert abs(float(GateReg(0.01, 0.05)(out)) - 0.04) < 1e-7
