@@ -89,6 +89,19 @@ def _record(row: MemoryRow) -> MemoryRecord:
                         row.adapter, row.backbone, row.version, row.created_at, row.updated_at)
 
 
+def _create_schema(engine, tries: int = 3) -> None:
+    """Create the tables that are missing. Servers starting together on one database can each find a table
+    missing and race to create it; the one that loses finds it there on the next look."""
+    for attempt in range(tries):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except DBAPIError as e:
+            text = str(e.orig).lower()
+            if attempt == tries - 1 or not ("already exists" in text or "duplicate key" in text):
+                raise
+
+
 class MemoryStore:
     """Memories and key hashes in one database. Thread-safe (one connection per call from a pool)."""
 
@@ -101,7 +114,7 @@ class MemoryStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True)
-        Base.metadata.create_all(self.engine)
+        _create_schema(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:

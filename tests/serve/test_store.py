@@ -86,3 +86,33 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
     with s.engine.connect() as c:
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     s.close()
+
+
+def test_a_server_that_loses_the_schema_race_opens_the_store(tmp_path, monkeypatch):
+    import sqlalchemy.exc
+
+    from deltamem.store import repository
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    MemoryStore(url).close()  # the other server created the tables first
+    real, calls = repository.Base.metadata.create_all, []
+
+    def racing(engine):  # what the loser of the race sees: the table appeared after its check
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE deltamem_memories", {},
+                                                  Exception("table deltamem_memories already exists"))
+        real(engine)
+
+    monkeypatch.setattr(repository.Base.metadata, "create_all", racing)
+    store = MemoryStore(url)
+    assert len(calls) == 2 and store.get("t", "m") is None
+    store.close()
+    calls.clear()
+
+    def broken(engine):  # any other schema error is not swallowed
+        raise sqlalchemy.exc.OperationalError("CREATE TABLE x", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(repository.Base.metadata, "create_all", broken)
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="disk I/O error"):
+        MemoryStore(url)
