@@ -105,7 +105,7 @@ def test_contrast_leaves_window_and_memory_reads_out():
     assert own.grad[:2].abs().sum() > 0 and own.grad[2:].abs().sum() == 0
     # only windowed reads: nothing to contrast
     out.windowed = torch.tensor([True, True])
-    assert float(Contrast(1.0, 0.5)(out)) == 0.0
+    assert float(Contrast(1.0, 0.5)(out).detach()) == 0.0
 
 
 def test_gate_reg_is_the_squared_distance_to_its_target():
