@@ -41,7 +41,9 @@ class DataConfig:
     continuation: share of reads that continue the conversation (its next turn) instead of a question.
     window: share of reads that keep the last `window_tokens` of history in the prompt (window+memory).
     window_tokens: range of that window's size in tokens (whole messages).
-    max_write_tokens: most history tokens written (the history keeps its last messages that fit).
+    max_write_tokens: most history tokens written with gradient (the history's last messages that fit).
+    max_history_tokens: most history tokens kept (its last messages that fit; null = `max_write_tokens`):
+        what lies before the last `max_write_tokens` is written first, without gradient.
     max_read_tokens: most tokens of one read (the teacher's prompt holds the history on top).
     """
 
@@ -56,6 +58,7 @@ class DataConfig:
     window: float = 0.3
     window_tokens: list = field(default_factory=lambda: [64, 256])
     max_write_tokens: int = 768
+    max_history_tokens: int | None = None
     max_read_tokens: int = 160
 
     def check(self):
@@ -73,6 +76,8 @@ class DataConfig:
             _at_least(f"data.{name}", getattr(self, name), 1)
         for name in ("continuation", "window"):
             _share(f"data.{name}", getattr(self, name))
+        if self.max_history_tokens is not None:
+            _at_least("data.max_history_tokens", self.max_history_tokens, self.max_write_tokens)
 
 
 @dataclass

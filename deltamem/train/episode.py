@@ -25,6 +25,7 @@ from ..runtime.generate import PrefixCache
 from ..runtime.render import Renderer, WritePass, check_messages, plan_writes
 
 CONTINUATION_TOKENS = 48  # most tokens of a continuation target
+WRITE_CONTEXT_TOKENS = 128  # read-only transcript tokens before a write pass (as `MemorySession` writes)
 
 
 @dataclass
@@ -56,9 +57,10 @@ class Read:
 
 @dataclass
 class EncodedEpisode:
-    write: WritePass  # [1, T_w]
+    write: WritePass  # [1, T_w]: the last pass, written with gradient
     context: list[int]  # [system] + the whole written history: the teacher's prompt before each suffix
     reads: list[Read] = field(default_factory=list)
+    prefix: list[WritePass] = field(default_factory=list)  # earlier passes, written without gradient
 
 
 def window_ids(message_ids: list[list[int]], budget: int) -> list[int]:
@@ -74,15 +76,27 @@ def window_ids(message_ids: list[list[int]], budget: int) -> list[int]:
 
 
 def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_tokens: int,
-                   max_read_tokens: int, end_id: int) -> EncodedEpisode | None:
+                   max_read_tokens: int, end_id: int, max_history_tokens: int | None = None) -> EncodedEpisode | None:
     """Encode one episode; None when nothing of it fits. The history keeps its last messages that fit
-    `max_write_tokens`; a read longer than `max_read_tokens` (student side) is dropped."""
+    `max_history_tokens` (default `max_write_tokens`); its last messages that fit `max_write_tokens`
+    make the pass written with gradient, the earlier ones passes of at most `max_write_tokens` new
+    tokens written before it without gradient (truncated backpropagation through the write, so a
+    question can reach a fact said long before at the cost of a forward pass). A read longer than
+    `max_read_tokens` (student side) is dropped."""
     history = check_messages(ep.history, where="episode history")
     ids = [renderer.encode(renderer.message(m)) for m in history]
-    while len(history) > 1 and sum(map(len, ids)) > max_write_tokens:
+    budget = max(max_history_tokens or 0, max_write_tokens)
+    while len(history) > 1 and sum(map(len, ids)) > budget:
         history, ids = history[1:], ids[1:]
-    passes, _ = plan_writes(renderer, [], history, segment_tokens=max_write_tokens, context_tokens=0,
-                            granularity=granularity)
+    split, tail = len(history), 0
+    while split > 0 and tail + len(ids[split - 1]) <= max_write_tokens:
+        split, tail = split - 1, tail + len(ids[split - 1])
+    split = min(split, len(history) - 1)  # the gradient pass holds one message at least
+    prefix, _ = plan_writes(renderer, [], history[:split], segment_tokens=max_write_tokens, context_tokens=0,
+                            granularity=granularity) if split else ([], [])
+    before = [t for x in ids[:split] for t in x]
+    passes, _ = plan_writes(renderer, before, history[split:], segment_tokens=max_write_tokens,
+                            context_tokens=WRITE_CONTEXT_TOKENS if split else 0, granularity=granularity)
     if len(passes) != 1:
         return None
     system = list(renderer.system_ids)
@@ -101,7 +115,7 @@ def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_
             continue
         reads.append(Read(shown + target, len(shown), prompt + target, len(prompt), q.question is not None,
                           len(shown) > len(system) + len(prompt)))
-    return EncodedEpisode(passes[0], system + full, reads) if reads else None
+    return EncodedEpisode(passes[0], system + full, reads, prefix) if reads else None
 
 
 def collate(rows: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -155,6 +169,27 @@ def target_pass(model, batch: dict[str, torch.Tensor], state=None) -> TargetPass
     sel = target != -100  # [B, T-1]
     logits = model.get_output_embeddings()(hidden[:, :-1][sel]).float()  # [N, V]
     return TargetPass(logits, target[sel], sel.nonzero()[:, 0], ids.shape[0])
+
+
+def grouped_pass(model, rows: list[tuple[list[int], int]], groups: list[list[int]], state, pad_id: int,
+                 batch_size: int | None = None) -> TargetPass:
+    """`target_pass` over `rows`, one batch per group of row indices (reads of like length pad less
+    together) with `state`'s matching rows bound; rows in no group are left out. The result is laid
+    out as one pass over all rows would be (row order, then position), over `batch_size` rows
+    (default `len(rows)`)."""
+    parts = []
+    for idx in (g for g in groups if g):
+        p = target_pass(model, collate([rows[i] for i in idx], pad_id), state.rows(idx))
+        parts.append((p, torch.tensor(idx, device=p.rows.device)[p.rows]))
+    if not parts:
+        dev = next(model.parameters()).device
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        return TargetPass(torch.zeros(0, model.get_output_embeddings().weight.shape[0], device=dev), empty, empty,
+                          batch_size or len(rows))
+    at = torch.cat([r for _, r in parts])
+    order = torch.sort(at, stable=True).indices
+    return TargetPass(torch.cat([p.logits for p, _ in parts])[order], torch.cat([p.targets for p, _ in parts])[order],
+                      at[order], batch_size or len(rows))
 
 
 def teacher_pass(model, encoded: list[EncodedEpisode], pad_id: int) -> TargetPass:

@@ -19,7 +19,8 @@ class StepOutputs:
     `teacher`: the same target tokens read by the frozen backbone with the whole history in its prompt
     (None when no term needs it); `answer`: `[R]` bool, reads whose target is a gold answer;
     `binding`: the write pass's memory binding (its gates); `state`: the written memory `[B]`;
-    `mismatched`: the student's reads with another episode's memory (None when no term needs it);
+    `mismatched`: the student's reads with another episode's memory, on the reads `Contrast` counts only
+    (None when no term needs it);
     `windowed`: `[R]` bool, reads whose prompt holds some of the history (None: none does)."""
 
     student: TargetPass

@@ -26,7 +26,7 @@ from ..runtime.session import DEFAULT_SYSTEM_PROMPT
 from ..runtime.writer import run_write
 from .config import GROUPS, TrainConfig
 from .data import EpisodeStream, preservation_rows, stable_seed
-from .episode import EncodedEpisode, collate, encode_episode, target_pass, teacher_pass
+from .episode import EncodedEpisode, encode_episode, grouped_pass, teacher_pass
 from .objectives import StepOutputs, build_objectives
 from .recipes import DONE
 
@@ -85,10 +85,23 @@ class Trainer:
         out = []
         for ep in episodes:
             enc = encode_episode(self.renderer, ep, self.dm.config.write_granularity, d.max_write_tokens,
-                                 d.max_read_tokens, self.end_id)
+                                 d.max_read_tokens, self.end_id, d.max_history_tokens)
             self.dropped += enc is None
             out += [enc] if enc is not None else []
         return out
+
+    def write(self, enc: list[EncodedEpisode]) -> tuple[MemoryState, object]:
+        """A fresh memory per episode: its prefix passes without gradient, then its last pass with it.
+        Returns `(state, binding of the last pass)`."""
+        state = MemoryState.zeros(self.model, batch_size=len(enc), device=self.device)
+        with torch.no_grad():
+            for j in range(max(len(e.prefix) for e in enc)):
+                idx = [i for i, e in enumerate(enc) if len(e.prefix) > j]
+                part = state.rows(idx)
+                run_write(self.model, part, [enc[i].prefix[j] for i in idx], self.pad_id)
+                state.assign_rows(idx, part)
+        binding = run_write(self.model, state, [e.write for e in enc], self.pad_id, collect_gates=True)
+        return state, binding
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -101,12 +114,13 @@ class Trainer:
         with its episode's memory, the teacher's reads when an objective needs them, and (unless
         `mismatched` is False) the reads with another episode's memory when an objective needs them."""
         if state is None:
-            state = MemoryState.zeros(self.model, batch_size=len(enc), device=self.device)
-            binding = run_write(self.model, state, [e.write for e in enc], self.pad_id, collect_gates=True)
+            state, binding = self.write(enc)
         owner = [i for i, e in enumerate(enc) for _ in e.reads]
         reads = [r for e in enc for r in e.reads]
-        batch = collate([(r.student, r.student_start) for r in reads], self.pad_id)
-        student = target_pass(self.model, batch, state.rows(owner))
+        rows = [(r.student, r.student_start) for r in reads]
+        # windowed reads are long, memory-only ones short: two batches pad less than one
+        groups = [[j for j, r in enumerate(reads) if r.windowed == w] for w in (False, True)]
+        student = grouped_pass(self.model, rows, groups, state.rows(owner), self.pad_id)
         teacher = other = None
         if self.needs_teacher:
             with torch.no_grad():
@@ -115,7 +129,9 @@ class Trainer:
             if len(enc) < 2:
                 raise ValueError("objectives.contrast needs two episodes or more per micro-batch "
                                  "(optim.batch_size / ranks / optim.grad_accum >= 2)")
-            other = target_pass(self.model, batch, state.rolled().rows(owner))
+            # only the reads `Contrast` counts (answered, memory-only); the other rows stay empty
+            counted = [j for j, r in enumerate(reads) if r.answer and not r.windowed]
+            other = grouped_pass(self.model, rows, [counted], state.rolled().rows(owner), self.pad_id)
         return StepOutputs(student, teacher, torch.tensor([r.answer for r in reads]), binding, state, other,
                            torch.tensor([r.windowed for r in reads]))
 
@@ -177,8 +193,7 @@ class Trainer:
         parts = [enc[i:i + batch] for i in range(0, len(enc), batch) if len(enc[i:i + batch]) >= 2]
         sums: dict = {"own": {}, "mismatched": {}}
         for part in parts:
-            state = MemoryState.zeros(self.model, batch_size=len(part), device=self.device)
-            binding = run_write(self.model, state, [e.write for e in part], self.pad_id, collect_gates=True)
+            state, binding = self.write(part)
             for name, st in (("own", state), ("mismatched", state.rolled())):
                 out = self.forward(part, st, binding, mismatched=False)  # this loop is the mismatched view
                 for t in self.objectives:

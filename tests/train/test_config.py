@@ -26,6 +26,7 @@ def test_defaults_build_and_round_trip():
     ({"data": {"facts": [3, 1]}}, "data.facts must be a range"),
     ({"data": {"facts": 2}}, "data.facts must be list"),
     ({"data": {"window": 1.5}}, r"data.window must be in \[0, 1\]"),
+    ({"data": {"max_history_tokens": 100}}, "data.max_history_tokens must be >= 768"),
     ({"data": {"sources": {"synthetic": 1.0}}}, "data.sources"),
     ({"data": {"sources": {"chats": 0.0}}}, "data.sources"),
     ({"data": {"sources": {"locomo": 1.0}}}, "data.locomo_path"),

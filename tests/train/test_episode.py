@@ -77,6 +77,23 @@ def test_history_keeps_its_last_messages_that_fit(tokenizer):
     assert kept[-len(last):] == last and len(kept) <= 40
 
 
+def test_a_history_longer_than_the_gradient_pass_is_written_first_in_prefix_passes(tokenizer):
+    r, e = _enc(tokenizer, [Query("Q?", "A")], max_write_tokens=40, max_history_tokens=10_000)
+    msgs = [r.encode(r.message(m)) for m in HIST]
+    assert e.context == r.system_ids + [t for m in msgs for t in m]  # the teacher reads all of it
+    assert e.prefix and sum(p.new_tokens for p in e.prefix) + e.write.new_tokens == sum(map(len, msgs))
+    assert e.write.new_tokens <= 40 and all(p.new_tokens <= 40 for p in e.prefix)
+    # the passes are a session's: the prefix first, then the last messages after their read-only context
+    cut = len(HIST) - e.write.messages
+    prefix, _ = plan_writes(r, [], HIST[:cut], segment_tokens=40, context_tokens=0, granularity="token")
+    last, _ = plan_writes(r, [t for m in msgs[:cut] for t in m], HIST[cut:], segment_tokens=40, context_tokens=128,
+                          granularity="token")
+    assert [p.input_ids.tolist() for p in e.prefix] == [p.input_ids.tolist() for p in prefix]
+    assert torch.equal(e.write.input_ids, last[0].input_ids) and torch.equal(e.write.write_mask, last[0].write_mask)
+    _, short = _enc(tokenizer, [Query("Q?", "A")], max_write_tokens=40)  # without it: the last messages only
+    assert not short.prefix and len(short.context) < len(e.context)
+
+
 def test_shared_prefix_teacher_equals_full_reads(tokenizer, tiny_dir):
     from transformers import AutoModelForCausalLM
 
@@ -90,3 +107,29 @@ def test_shared_prefix_teacher_equals_full_reads(tokenizer, tiny_dir):
     assert torch.equal(shared.targets[:n], full.targets) and torch.equal(shared.rows[:n], full.rows)
     torch.testing.assert_close(shared.logits[:n], full.logits, rtol=1e-4, atol=1e-4)
     assert torch.equal(shared.rows[n:], full.rows + 3)
+
+
+def test_grouped_pass_equals_one_pass_over_every_row(tokenizer, tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    from deltamem.adapter import DeltaMemConfig, MemoryState, attach_delta_mem
+    from deltamem.train.episode import grouped_pass
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    torch.manual_seed(0)
+    attach_delta_mem(model, DeltaMemConfig())
+    state = MemoryState.zeros(model, batch_size=3)
+    for t in state.tensors:
+        t.normal_()
+    _, e = _enc(tokenizer, [Query("Where?", "Tromso"), Query("Who?", "Ana and Bo", window=10_000),
+                            Query("When?", "in May 2024")])
+    rows = [(r.student, r.student_start) for r in e.reads]
+    with torch.no_grad():
+        one = target_pass(model, collate(rows, 2), state)
+        grouped = grouped_pass(model, rows, [[0, 2], [1]], state, 2)
+        part = grouped_pass(model, rows, [[2]], state, 2)
+    assert torch.equal(grouped.rows, one.rows) and torch.equal(grouped.targets, one.targets)
+    torch.testing.assert_close(grouped.logits, one.logits, rtol=1e-4, atol=1e-4)
+    keep = one.rows == 2  # a group of some rows: those rows' positions, in place, over all rows
+    assert part.batch_size == 3 and torch.equal(part.rows, one.rows[keep])
+    torch.testing.assert_close(part.logits, one.logits[keep], rtol=1e-4, atol=1e-4)

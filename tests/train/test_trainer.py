@@ -34,14 +34,37 @@ def test_a_step_moves_every_group_and_logs_every_term(make_cfg):
     assert rec["distill"] > 0 and rec["reads"] >= 2
 
 
+def test_prefix_passes_are_written_first_and_without_gradient(make_cfg):
+    from deltamem.adapter import MemoryState
+    from deltamem.runtime.writer import run_write
+
+    tr = Trainer(make_cfg(data={"max_write_tokens": 48, "max_history_tokens": 400}), progress=False)
+    enc = tr.encode(tr.stream.batch(0, 3))
+    assert any(e.prefix for e in enc)
+    state, _ = tr.write(enc)
+    for i, e in enumerate(enc):  # each row is what writing its passes one after another gives
+        ref = MemoryState.zeros(tr.model, batch_size=1)
+        with torch.no_grad():
+            for p in e.prefix + [e.write]:
+                run_write(tr.model, ref, [p], tr.pad_id)
+        for a, b in zip(state.rows(i).tensors, ref.tensors):
+            torch.testing.assert_close(a.detach(), b, rtol=1e-4, atol=1e-5)
+    # the last pass carries the gradient: a step still moves the adapter
+    before = adapter_params(tr)
+    rec = tr.train_step(tr.stream.batch(1, 2))
+    assert rec["reads"] >= 1 and any(not torch.equal(before[k], v) for k, v in adapter_params(tr).items())
+
+
 def test_contrast_reads_each_episode_with_another_episodes_memory(make_cfg):
     tr = Trainer(make_cfg(objectives={"distill": 0.0, "answer_ce": 1.0, "contrast": 1.0}), progress=False)
     enc = tr.encode(tr.stream.batch(0, 2))
     out = tr.forward(enc)
     assert not tr.needs_teacher and out.teacher is None
     own, other = out.student, out.mismatched
-    assert torch.equal(own.targets, other.targets) and torch.equal(own.rows, other.rows)
-    assert not torch.allclose(own.logits, other.logits)  # another memory, other logits
+    counted = out.answer.bool() & ~out.windowed.bool()  # only the reads the hinge counts are read again
+    keep = counted[own.rows]
+    assert keep.any() and torch.equal(own.targets[keep], other.targets) and torch.equal(own.rows[keep], other.rows)
+    assert not torch.allclose(own.logits[keep], other.logits)  # another memory, other logits
     rec = tr.train_step(tr.stream.batch(1, 2))
     assert rec["contrast"] >= 0 and "contrast" in rec
     with pytest.raises(ValueError, match="two episodes or more"):
