@@ -15,8 +15,9 @@ settings and history budget `W` (tokens of history in the prompt):
 | `delta-mem` `full+memory` | as `full` (the paper's protocol) | whole history written |
 | `delta-mem` `mismatched` | system + question | another conversation's history written |
 | `delta-mem` `window+mismatched` | as `window` | another conversation's history written |
+| `delta-mem` `full+mismatched` | as `full` | another conversation's history written |
 
-The two mismatched conditions are the controls of `memory-only` and `window+memory`: what a memory
+The three mismatched conditions are the controls of `memory-only`, `window+memory` and `full+memory`: what a memory
 gives whatever it holds (a format, a prior) shows in them too; only what it carries from this
 conversation's history does not.
 
@@ -36,8 +37,8 @@ from ..runtime.render import message_text
 from .items import Conversation, Item
 
 METHODS = ("none", "window", "full", "rag-bm25", "rag-dense", "summary", "delta-mem")
-CONDITIONS = ("memory-only", "window+memory", "full+memory", "mismatched", "window+mismatched")
-MISMATCHED = ("mismatched", "window+mismatched")  # the controls: another conversation's memory
+CONDITIONS = ("memory-only", "window+memory", "full+memory", "mismatched", "window+mismatched", "full+mismatched")
+MISMATCHED = ("mismatched", "window+mismatched", "full+mismatched")  # the controls: another conversation's memory
 SYSTEM_PROMPT = "You are a helpful assistant with a long-term memory of earlier conversations."
 SUMMARY_PROMPT = ("Summary of the conversation so far:\n{summary}\n\nNext part of the conversation:\n{turns}\n\n"
                   "Write an updated summary of the whole conversation in at most {words} words. Keep names, dates, "
@@ -159,8 +160,9 @@ def build(env: Env, method: str, condition: str | None, prep: Prepared, partner:
     if condition in MISMATCHED:
         if partner is None:
             raise ValueError("the mismatched control needs a second conversation in the suite")
-        shown = system + (flat(prep.window(env.window)) if condition == "window+mismatched" else [])
-        return shared(shown, written_state(env, partner), note=f"memory of {partner.conv.id}")
+        shown = {"mismatched": [], "window+mismatched": flat(prep.window(env.window)),
+                 "full+mismatched": flat(range(len(prep.ids)))}[condition]
+        return shared(system + shown, written_state(env, partner), note=f"memory of {partner.conv.id}")
     state = written_state(env, prep)
     if condition == "memory-only":
         return shared(system, state)

@@ -18,9 +18,9 @@ Each row also shows the mean answer CE (teacher-forced cross-entropy of the
 gold answer where the reply is generated, nats per token; records from before
 it was measured are left out of the mean). When a δ-mem condition and its
 control (memory-only and mismatched; window+memory and window+mismatched at the
-same W) ran on the same items, the ratios add answer CE own / mismatched: below
-1 when the conversation's own memory makes the gold answer likelier than
-another conversation's memory does.
+same W; full+memory and full+mismatched) ran on the same items, the ratios add
+answer CE own / mismatched: below 1 when the conversation's own memory makes the
+gold answer likelier than another conversation's memory does.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from .locomo import CATEGORIES
 
 SUMMARY, TABLE = "summary.json", "table.md"
 HEADLINE_DM = ("window+memory", "full+memory", "memory-only", "window+mismatched")
-CONTROLS = (("memory-only", "mismatched"), ("window+memory", "window+mismatched"))  # own memory, its control
+CONTROLS = (("memory-only", "mismatched"), ("window+memory", "window+mismatched"),
+            ("full+memory", "full+mismatched"))  # own memory, its control
 
 
 def collect(dirs: list[str]) -> list[dict]:

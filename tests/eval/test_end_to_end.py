@@ -15,7 +15,8 @@ from eval_helpers import bow_encode
 
 RUNS = [("none", None), ("window", None), ("full", None), ("rag-bm25", None), ("rag-dense", None),
         ("summary", None), ("delta-mem", "memory-only"), ("delta-mem", "window+memory"),
-        ("delta-mem", "full+memory"), ("delta-mem", "mismatched"), ("delta-mem", "window+mismatched")]
+        ("delta-mem", "full+memory"), ("delta-mem", "mismatched"), ("delta-mem", "window+mismatched"),
+        ("delta-mem", "full+mismatched")]
 SUITES = ("locomo", "mab-cr", "mab-synth", "general", "synthetic")
 FEW = {"synthetic": ["recall-000", "recall-001", "update-000"]}  # of its 48 generated conversations
 
@@ -30,7 +31,7 @@ def spec(suite, method, condition, data_files, out, **kw):
 def test_every_method_runs_and_writes_all_outputs(suite, tiny, tokenizer, data_files, tmp_path):
     out = tmp_path / suite
     for method, cond in RUNS:
-        if suite == "general" and cond in ("mismatched", "window+mismatched"):
+        if suite == "general" and cond in ("mismatched", "window+mismatched", "full+mismatched"):
             with pytest.raises(ValueError, match="mismatched control does not apply"):
                 run_eval(tiny, tokenizer, spec(suite, method, cond, data_files, out), encoder=bow_encode,
                          progress=False)
@@ -39,7 +40,7 @@ def test_every_method_runs_and_writes_all_outputs(suite, tiny, tokenizer, data_f
     recs = read_results(str(out))
     answered = [r for r in recs if r.get("metric") != "perplexity"]
     labels = {r["label"] for r in answered}
-    assert len(labels) == len(RUNS) - 2 * (suite == "general")
+    assert len(labels) == len(RUNS) - 3 * (suite == "general")
     for r in answered:
         assert r["score"] is not None and 0.0 <= r["score"] <= 1.0, r
         assert isinstance(r["prediction"], str) and r["latency_s"] >= 0 and r["prompt_tokens"] > 0
@@ -50,8 +51,8 @@ def test_every_method_runs_and_writes_all_outputs(suite, tiny, tokenizer, data_f
     assert len({r["key"] for r in recs}) == len(recs)
     by = {(r["label"], r["conversation"], r["item"]): r for r in answered}
     for (lab, conv, item), r in by.items():  # the control shows the same window, with another memory
-        if lab == "delta-mem:window+mismatched":
-            own = by[("delta-mem:window+memory", conv, item)]
+        if lab in ("delta-mem:window+mismatched", "delta-mem:full+mismatched"):
+            own = by[(lab.replace("mismatched", "memory"), conv, item)]
             assert r["prompt_tokens"] == own["prompt_tokens"] and r["note"].startswith("memory of ")
             assert not r["note"].endswith(conv)
     for f in ("results.jsonl", "summary.json", "table.md", f"{suite}_window.png", f"{suite}_categories_w96.png"):
@@ -64,7 +65,8 @@ def test_every_method_runs_and_writes_all_outputs(suite, tiny, tokenizer, data_f
     if suite != "general":  # each condition stands next to its control's answer CE
         pairs = {(q["answer_ce"], q["window"]) for q in summary["ratios"] if "answer_ce" in q}
         assert pairs == {("delta-mem:memory-only / delta-mem:mismatched", None),
-                         ("delta-mem:window+memory / delta-mem:window+mismatched", 96)}
+                         ("delta-mem:window+memory / delta-mem:window+mismatched", 96),
+                         ("delta-mem:full+memory / delta-mem:full+mismatched", None)}
     if suite == "general":
         ppl = summary["suites"]["general"]["perplexity"]
         assert set(ppl) == {"none", "delta-mem:memory-only", "delta-mem:window+memory", "delta-mem:full+memory"}
