@@ -24,6 +24,7 @@ from .render import Renderer, check_messages, plan_writes
 from .writer import run_write
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant with a long-term memory of earlier conversations."
+CONTEXT_TOKENS = 128  # recent transcript tokens shown read-only in each write pass
 STATE_FILE = "memory.safetensors"
 SESSION_FORMAT = 1
 
@@ -57,7 +58,8 @@ class MemorySession:
     """
 
     def __init__(self, model, tokenizer, state: MemoryState | None = None, window_tokens: int = 1024,
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, segment_tokens: int = 1024, context_tokens: int = 128,
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, segment_tokens: int = 1024,
+                 context_tokens: int = CONTEXT_TOKENS,
                  max_write_tokens: int = 262_144, progress: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.dm = get_delta_mem(model)

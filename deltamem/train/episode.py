@@ -23,9 +23,9 @@ import torch
 
 from ..runtime.generate import PrefixCache
 from ..runtime.render import Renderer, WritePass, check_messages, plan_writes
+from ..runtime.session import CONTEXT_TOKENS
 
 CONTINUATION_TOKENS = 48  # most tokens of a continuation target
-WRITE_CONTEXT_TOKENS = 128  # read-only transcript tokens before a write pass (as `MemorySession` writes)
 
 
 @dataclass
@@ -96,7 +96,7 @@ def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_
                             granularity=granularity) if split else ([], [])
     before = [t for x in ids[:split] for t in x]
     passes, _ = plan_writes(renderer, before, history[split:], segment_tokens=max_write_tokens,
-                            context_tokens=WRITE_CONTEXT_TOKENS if split else 0, granularity=granularity)
+                            context_tokens=CONTEXT_TOKENS if split else 0, granularity=granularity)
     if len(passes) != 1:
         return None
     system = list(renderer.system_ids)
@@ -171,12 +171,10 @@ def target_pass(model, batch: dict[str, torch.Tensor], state=None) -> TargetPass
     return TargetPass(logits, target[sel], sel.nonzero()[:, 0], ids.shape[0])
 
 
-def grouped_pass(model, rows: list[tuple[list[int], int]], groups: list[list[int]], state, pad_id: int,
-                 batch_size: int | None = None) -> TargetPass:
+def grouped_pass(model, rows: list[tuple[list[int], int]], groups: list[list[int]], state, pad_id: int) -> TargetPass:
     """`target_pass` over `rows`, one batch per group of row indices (reads of like length pad less
     together) with `state`'s matching rows bound; rows in no group are left out. The result is laid
-    out as one pass over all rows would be (row order, then position), over `batch_size` rows
-    (default `len(rows)`)."""
+    out as one pass over all rows would be (row order, then position)."""
     parts = []
     for idx in (g for g in groups if g):
         p = target_pass(model, collate([rows[i] for i in idx], pad_id), state.rows(idx))
@@ -185,11 +183,11 @@ def grouped_pass(model, rows: list[tuple[list[int], int]], groups: list[list[int
         dev = next(model.parameters()).device
         empty = torch.zeros(0, dtype=torch.long, device=dev)
         return TargetPass(torch.zeros(0, model.get_output_embeddings().weight.shape[0], device=dev), empty, empty,
-                          batch_size or len(rows))
+                          len(rows))
     at = torch.cat([r for _, r in parts])
     order = torch.sort(at, stable=True).indices
     return TargetPass(torch.cat([p.logits for p, _ in parts])[order], torch.cat([p.targets for p, _ in parts])[order],
-                      at[order], batch_size or len(rows))
+                      at[order], len(rows))
 
 
 def teacher_pass(model, encoded: list[EncodedEpisode], pad_id: int) -> TargetPass:
