@@ -93,10 +93,10 @@ def encode_episode(renderer: Renderer, ep: Episode, granularity: str, max_write_
         split, tail = split - 1, tail + len(ids[split - 1])
     split = min(split, len(history) - 1)  # the gradient pass holds one message at least
     prefix, _ = plan_writes(renderer, [], history[:split], segment_tokens=max_write_tokens, context_tokens=0,
-                            granularity=granularity) if split else ([], [])
+                            granularity=granularity)
     before = [t for x in ids[:split] for t in x]
     passes, _ = plan_writes(renderer, before, history[split:], segment_tokens=max_write_tokens,
-                            context_tokens=CONTEXT_TOKENS if split else 0, granularity=granularity)
+                            context_tokens=CONTEXT_TOKENS, granularity=granularity)
     if len(passes) != 1:
         return None
     system = list(renderer.system_ids)

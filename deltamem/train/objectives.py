@@ -88,6 +88,12 @@ def answer_ce_per_row(p: TargetPass) -> torch.Tensor:
     return p.per_row(torch.nn.functional.cross_entropy(p.logits, p.targets, reduction="none"))
 
 
+def contrast_reads(answer: torch.Tensor, windowed: torch.Tensor | None) -> torch.Tensor:
+    """`[R]` bool: the reads `Contrast` counts, answered memory-only ones."""
+    reads = answer.bool()
+    return reads if windowed is None else reads & ~windowed.bool().to(reads.device)
+
+
 class Contrast(Objective):
     """The own memory against another episode's, on gold answers: mean over answered memory-only reads
     of `max(0, margin + CE_own - CE_mismatched)`. A prior that any memory gives lowers both sides alike
@@ -106,10 +112,7 @@ class Contrast(Objective):
 
     def __call__(self, out: StepOutputs) -> torch.Tensor:
         gap = answer_ce_per_row(out.student) - answer_ce_per_row(out.mismatched)
-        reads = out.answer.bool()
-        if out.windowed is not None:
-            reads = reads & ~out.windowed.bool().to(reads.device)
-        return answer_mean(torch.relu(self.margin + gap), reads)
+        return answer_mean(torch.relu(self.margin + gap), contrast_reads(out.answer, out.windowed))
 
 
 class GateReg(Objective):

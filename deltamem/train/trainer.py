@@ -27,7 +27,7 @@ from ..runtime.writer import run_write
 from .config import GROUPS, TrainConfig
 from .data import EpisodeStream, preservation_rows, stable_seed
 from .episode import EncodedEpisode, encode_episode, grouped_pass, teacher_pass
-from .objectives import StepOutputs, build_objectives
+from .objectives import StepOutputs, build_objectives, contrast_reads
 from .recipes import DONE
 
 
@@ -125,15 +125,15 @@ class Trainer:
         if self.needs_teacher:
             with torch.no_grad():
                 teacher = teacher_pass(self.model, enc, self.pad_id)
+        answer, windowed = torch.tensor([r.answer for r in reads]), torch.tensor([r.windowed for r in reads])
         if mismatched and self.needs_mismatched:
             if len(enc) < 2:
                 raise ValueError("objectives.contrast needs two episodes or more per micro-batch "
                                  "(optim.batch_size / ranks / optim.grad_accum >= 2)")
-            # only the reads `Contrast` counts (answered, memory-only); the other rows stay empty
-            counted = [j for j, r in enumerate(reads) if r.answer and not r.windowed]
+            # only the reads `Contrast` counts; the other rows stay empty
+            counted = contrast_reads(answer, windowed).nonzero()[:, 0].tolist()
             other = grouped_pass(self.model, rows, [counted], state.rolled().rows(owner), self.pad_id)
-        return StepOutputs(student, teacher, torch.tensor([r.answer for r in reads]), binding, state, other,
-                           torch.tensor([r.windowed for r in reads]))
+        return StepOutputs(student, teacher, answer, binding, state, other, windowed)
 
     def train_step(self, episodes) -> dict:
         """Forward/backward over this rank's share of `episodes` (the global batch), then one update."""
