@@ -38,7 +38,9 @@ from .items import Conversation, Item
 
 METHODS = ("none", "window", "full", "rag-bm25", "rag-dense", "summary", "delta-mem")
 CONDITIONS = ("memory-only", "window+memory", "full+memory", "mismatched", "window+mismatched", "full+mismatched")
-MISMATCHED = ("mismatched", "window+mismatched", "full+mismatched")  # the controls: another conversation's memory
+# the controls: the prompt of the condition they control, another conversation's memory
+OWN = {"mismatched": "memory-only", "window+mismatched": "window+memory", "full+mismatched": "full+memory"}
+MISMATCHED = tuple(OWN)
 SYSTEM_PROMPT = "You are a helpful assistant with a long-term memory of earlier conversations."
 SUMMARY_PROMPT = ("Summary of the conversation so far:\n{summary}\n\nNext part of the conversation:\n{turns}\n\n"
                   "Write an updated summary of the whole conversation in at most {words} words. Keep names, dates, "
@@ -160,15 +162,14 @@ def build(env: Env, method: str, condition: str | None, prep: Prepared, partner:
     if condition in MISMATCHED:
         if partner is None:
             raise ValueError("the mismatched control needs a second conversation in the suite")
-        shown = {"mismatched": [], "window+mismatched": flat(prep.window(env.window)),
-                 "full+mismatched": flat(range(len(prep.ids)))}[condition]
-        return shared(system + shown, written_state(env, partner), note=f"memory of {partner.conv.id}")
-    state = written_state(env, prep)
-    if condition == "memory-only":
-        return shared(system, state)
-    if condition == "window+memory":
-        return shared(system + flat(prep.window(env.window)), state)
-    return shared(system + flat(range(len(prep.ids))), state, note=f"history {prep.total} tokens")
+        own, state, note = OWN[condition], written_state(env, partner), f"memory of {partner.conv.id}"
+    else:
+        own, state, note = condition, written_state(env, prep), ""
+    if own == "memory-only":
+        return shared(system, state, note=note)
+    if own == "window+memory":
+        return shared(system + flat(prep.window(env.window)), state, note=note)
+    return shared(system + flat(range(len(prep.ids))), state, note=note or f"history {prep.total} tokens")
 
 
 def _rag(env: Env, method: str, prep: Prepared, system: list[int]) -> Context:
