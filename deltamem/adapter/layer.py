@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import kernels
 from ..ops.step import step_core
 from .config import DeltaMemConfig
 
@@ -87,11 +88,16 @@ class DeltaMemLayer(nn.Module):
 
     def step(self, h: torch.Tensor, S: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoding token, read then written: `project_packed` and `ops.step.step_core` in as few tensor
-        ops as possible (the decode hot path; the same values). `h [B, 1, d]`, `S [B, H, r, r]` float32
+        ops as possible (the decode hot path; the same values), or in one fused kernel on CPU inference
+        (`ops.kernels`, the same values to float32 rounding). `h [B, 1, d]`, `S [B, H, r, r]` float32
         -> `(m [B, 1, H r], new state [B, H, r, r])`."""
         B = h.shape[0]
         H, r = self.num_heads, self.rank
         W, c_b = self.W, self.c_b
+        arrays = kernels.arrays(self, h, S)
+        if arrays is not None:  # CPU inference: the whole step in one compiled call
+            m, S_new = kernels.write_step(h.view(B, -1), S, arrays, mode)
+            return m.view(B, 1, H * r), S_new
         x = F.linear(h.view(B, -1) if h.dtype == W.dtype else h.view(B, -1).to(W.dtype), W)
         x = (x if x.dtype == torch.float32 else x.float()).view(B, 4, H, r)  # [q; k; v; gate logits]
         t = torch.tanh(x[:, :2])  # [B, 2, H, r]
@@ -112,7 +118,11 @@ class DeltaMemLayer(nn.Module):
         return F.linear(m.to(U.dtype), U).mul_(self.config.scale).to(like.dtype)
 
     def add_correction(self, name: str, m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """`out + s * U_name m` for a projection output `out [B, T, out]`: one `addmm` when the dtypes agree."""
+        """`out + s * U_name m` for a projection output `out [B, T, out]`: one `addmm` when the dtypes agree;
+        on a CPU decode step (`ops.kernels`) added into `out` in place."""
+        arrays = kernels.arrays(self, out, m) if out.shape[-2] == 1 and out.is_contiguous() else None
+        if arrays is not None:  # a CPU decode step: added in place by one compiled call
+            return kernels.add_lowrank_(out, m, arrays["U." + name], arrays["scale"])
         U = self.U[name]
         if out.dtype != U.dtype or m.dtype != U.dtype:
             return out + self.correction(name, m, out)

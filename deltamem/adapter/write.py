@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import delta_rule
+from ..ops import delta_rule, kernels
 from ..ops.step import step_core
 from .layer import DeltaMemLayer
 
 
 def read_only(layer: DeltaMemLayer, h: torch.Tensor, S: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Every token reads the fixed state: `m_t = S q_t`, 0 on invalid tokens. Returns `[B, T, H r]`."""
+    arrays = kernels.arrays(layer, h, S) if h.shape[1] == 1 else None
+    if arrays is not None:  # a decode step on CPU inference: one compiled call
+        m = kernels.read_step(h, S, arrays)
+        return m if valid is None else m * valid[:, :, None]
     q = layer.project_q(h)  # [B, T, H, r]
     B, T, H, r = q.shape
     if H == 1:  # m_t = S q_t as one batched matmul: [B, T, r] @ [B, r, r]
