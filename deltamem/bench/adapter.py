@@ -12,12 +12,16 @@ run by run (rotating which goes first):
   ``generate`` passes) on a KV cache of ``--context`` (512) tokens; the cache is
   cropped back after every step, so every step sees the same length.
 
-Variants, all with the same weights:
+The adapter is the shipped one (``adapters/``, with its weights on the embedded
+backbone; a fresh adapter of its shape on random weights). Variants, all with the
+same weights:
 
 * ``detached``: a second copy of the backbone with no adapter attached (no hooks at all);
 * ``backbone``: the attached model outside any ``use_memory`` block (hooks installed, idle);
-* ``δ-mem write``: the attached model inside ``use_memory(write=True)`` (token granularity, standard update);
-* ``δ-mem read``: inside ``use_memory(write=False)``.
+* ``δ-mem write``: the attached model inside ``use_memory(write=True)`` (one write per token);
+* ``δ-mem read``: inside ``use_memory(write=False)`` (what ``generate`` does);
+* ``... (torch ops)``: the two δ-mem decode steps without the fused CPU kernels
+  (``deltamem.ops.kernels``), timed where numba is installed, to show what they save.
 
 Each time is reported as min / median; each ratio as min over min and as the
 median of run-by-run ratios (both resist other load on a shared machine). The
@@ -41,13 +45,31 @@ import time
 import torch
 
 from deltamem.adapter import DeltaMemConfig, MemoryState, attach_delta_mem, use_memory
+from deltamem.ops import kernels
 
 TARGET = 1.05
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 VARIANTS = ("detached", "backbone", "δ-mem write", "δ-mem read")
+TORCH_OPS = " (torch ops)"  # suffix of the decode-only variants that run without the fused kernels
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
                     rms_norm_eps=1e-5, rope_theta=100000.0)
+
+
+def attach_adapter(model, random_weights: bool) -> str:
+    """Attach the shipped adapter (its shape; its weights on the real backbone), else a fresh one-head adapter."""
+    from deltamem.adapter import load_adapter, read_adapter_config
+    from deltamem.runtime.model_setup import shipped_adapter_dir
+
+    shipped = shipped_adapter_dir()
+    if shipped is None:
+        attach_delta_mem(model, DeltaMemConfig(write_granularity="token", update_mode="standard"))
+        return "fresh one-head adapter"
+    if random_weights:
+        attach_delta_mem(model, read_adapter_config(shipped)[0])
+        return f"fresh adapter of {shipped.name}'s shape"
+    load_adapter(model, shipped)
+    return f"adapter {shipped.name}"
 
 
 def load_models(random_weights: bool) -> tuple[torch.nn.Module, torch.nn.Module, str]:
@@ -87,9 +109,10 @@ def crop(cache, length: int) -> None:
 class Bench:
     """Holds the two models, the inputs and one prefilled KV cache (and memory) per variant."""
 
-    def __init__(self, attached, plain, length: int, context: int, clock=time.perf_counter):
+    def __init__(self, attached, plain, length: int, context: int, clock=time.perf_counter,
+                 variants: tuple[str, ...] = VARIANTS):
         self.clock = clock
-        self.models = {"detached": plain, "backbone": attached, "δ-mem write": attached, "δ-mem read": attached}
+        self.models = {v: plain if v == "detached" else attached for v in variants}
         self.attached = attached
         g = torch.Generator().manual_seed(0)
         vocab = attached.config.vocab_size
@@ -100,7 +123,7 @@ class Bench:
         self.next_token = self.ctx[:, context:]
         self.step_mask = torch.ones(1, context + 1, dtype=torch.long)
         self.caches, self.states = {}, {}
-        for v in VARIANTS:
+        for v in variants:
             self.states[v] = MemoryState.zeros(attached) if v.startswith("δ-mem") else None
             with self.memory(v, write=True):
                 out = self.models[v](self.ctx[:, :context], attention_mask=torch.ones(1, context, dtype=torch.long),
@@ -110,7 +133,8 @@ class Bench:
     def memory(self, variant: str, write: bool | None = None):
         if self.states.get(variant) is None:
             return contextlib.nullcontext()
-        return use_memory(self.attached, self.states[variant], write=variant == "δ-mem write" if write is None else write)
+        write = variant.startswith("δ-mem write") if write is None else write
+        return use_memory(self.attached, self.states[variant], write=write)
 
     def forward(self, variant: str) -> float:
         if self.states[variant] is not None:
@@ -124,7 +148,8 @@ class Bench:
     def decode(self, variant: str) -> float:
         """One timed decode step; the cache is cropped back to `context` tokens afterwards (untimed)."""
         model, cache = self.models[variant], self.caches[variant]
-        with self.memory(variant):
+        torch_ops = kernels.disabled() if variant.endswith(TORCH_OPS) else contextlib.nullcontext()
+        with self.memory(variant), torch_ops:
             t0 = self.clock()
             model(self.next_token, attention_mask=self.step_mask, use_cache=True, **{self.kw: cache})
             elapsed = self.clock() - t0
@@ -132,31 +157,35 @@ class Bench:
         return elapsed
 
 
-def rotated(r: int) -> tuple[str, ...]:
-    k = r % len(VARIANTS)
-    return VARIANTS[k:] + VARIANTS[:k]
+def rotated(r: int, variants: tuple[str, ...] = VARIANTS) -> tuple[str, ...]:
+    k = r % len(variants)
+    return variants[k:] + variants[:k]
 
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     attached, plain, source = load_models(args.random)
-    attach_delta_mem(attached, DeltaMemConfig(write_granularity="token", update_mode="standard"))
+    adapter = attach_adapter(attached, args.random)
+    # the decode step also without the fused kernels, where they are installed, to show what they save
+    decoded = VARIANTS + (tuple(v + TORCH_OPS for v in VARIANTS[2:]) if kernels.kernels() else ())
     fwd = {v: [] for v in VARIANTS}
-    dec = {v: [] for v in VARIANTS}
+    dec = {v: [] for v in decoded}
     with torch.inference_mode():
-        bench = Bench(attached, plain, args.length, args.context, CLOCKS[args.clock])
-        for v in VARIANTS:  # warm-up
-            bench.forward(v)
+        bench = Bench(attached, plain, args.length, args.context, CLOCKS[args.clock], decoded)
+        for v in decoded:  # warm-up
+            if v in VARIANTS:
+                bench.forward(v)
             for _ in range(3):
                 bench.decode(v)
         for r in range(args.decode_steps):  # decode: every variant once per round, rotating who goes first
-            for v in rotated(r):
+            for v in rotated(r, decoded):
                 dec[v].append(bench.decode(v))
         for r in range(args.repeats):
             for v in rotated(r):
                 fwd[v].append(bench.forward(v))
         profile = profile_decode(bench) if args.profile else None
-    return dict(source=source, fwd=fwd, dec=dec, profile=profile, layers=attached.config.num_hidden_layers)
+    return dict(source=f"{source}, {adapter}", fwd=fwd, dec=dec, profile=profile,
+                layers=attached.config.num_hidden_layers)
 
 
 def profile_decode(bench: Bench, steps: int = 20) -> str:
@@ -189,9 +218,9 @@ def report(res: dict, args) -> str:
         f"| variant | forward T={args.length} (ms) | vs backbone | decode step (ms) | vs backbone |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for v in VARIANTS:
-        lines.append(f"| {v} | {ms(fwd[v])} | {rr(fwd[v], fwd['backbone'])} | {ms(dec[v])} | "
-                     f"{rr(dec[v], dec['backbone'])} |")
+    for v in dec:
+        forward = f"{ms(fwd[v])} | {rr(fwd[v], fwd['backbone'])}" if v in fwd else "— | —"
+        lines.append(f"| {v} | {forward} | {ms(dec[v])} | {rr(dec[v], dec['backbone'])} |")
     f_min, f_med = ratios(fwd["δ-mem write"], fwd["backbone"])
     d_min, d_med = ratios(dec["δ-mem write"], dec["backbone"])
     verdict = lambda a, b: "meets" if max(a, b) <= TARGET else ("MISSES" if min(a, b) > TARGET else "borderline on")  # noqa: E731
@@ -205,6 +234,10 @@ def report(res: dict, args) -> str:
         f"δ-mem write decode overhead (min - min): {overhead / 1e3:.2f} ms per step, "
         f"{overhead / res['layers']:.0f} µs per layer",
     ]
+    if "δ-mem write" + TORCH_OPS in dec:
+        lines.append("fused decode kernels (ops.kernels) / torch ops: write {:.3f}x / {:.3f}x, read {:.3f}x / {:.3f}x".format(
+            *ratios(dec["δ-mem write"], dec["δ-mem write" + TORCH_OPS]),
+            *ratios(dec["δ-mem read"], dec["δ-mem read" + TORCH_OPS])))
     return "\n".join(lines)
 
 

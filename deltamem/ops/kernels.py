@@ -16,6 +16,8 @@ package folder is writable).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -33,6 +35,17 @@ def kernels():
         else:
             _KERNELS = _numba
     return _KERNELS or None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the torch ops inside the block, as without numba (for comparisons; not thread-safe)."""
+    global _KERNELS
+    saved, _KERNELS = _KERNELS, False
+    try:
+        yield
+    finally:
+        _KERNELS = saved
 
 
 def arrays(layer, *activations: torch.Tensor) -> dict | None:
