@@ -10,7 +10,7 @@ import torch
 from ..adapter import DeltaMemConfig, attach_delta_mem, load_adapter
 from .backbone import load_backbone
 
-SHIPPED_ADAPTER = "smollm2-135m-msw-long"
+SHIPPED_ADAPTER = "smollm2-135m-msw-mix"
 
 
 def shipped_adapter_dir(name: str = SHIPPED_ADAPTER) -> Path | None:

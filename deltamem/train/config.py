@@ -91,6 +91,8 @@ class ObjectivesConfig:
     contrast / contrast_margin: a hinge on gold answers, `max(0, margin + CE(own memory) - CE(another
         episode's memory))`: what any memory gives (a format prior) earns nothing; only what this
         history's memory adds over another's lowers it. Needs two episodes or more per micro-batch.
+    contrast_detach: read another episode's memory without gradient, so that the hinge can fall only by
+        making the own memory's answer likelier, not by making another memory's answer less likely.
     gate_reg / gate_target: `gate_reg * (mean write-pass gate - gate_target)^2` (docs/design.md section 5).
     """
 
@@ -98,6 +100,7 @@ class ObjectivesConfig:
     answer_ce: float = 0.0
     contrast: float = 0.0
     contrast_margin: float = 1.0
+    contrast_detach: bool = False
     gate_reg: float = 0.01
     gate_target: float = 0.05
 

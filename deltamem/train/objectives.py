@@ -101,7 +101,9 @@ class Contrast(Objective):
 
     Window+memory reads are left out: there the window may hold the answer, and the hinge, which
     also falls when the mismatched side rises, would teach a memory that does not fit to override
-    what the window says, the one harm a memory must never do."""
+    what the window says, the one harm a memory must never do. For the same reason on memory-only reads
+    (a far fact's memory looks like another's), `objectives.contrast_detach` reads the other memory
+    without gradient: the hinge then falls only as this memory's answer becomes likelier."""
 
     name = "contrast"
     needs_mismatched = True

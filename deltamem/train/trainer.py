@@ -8,6 +8,7 @@ torchrun: each rank takes its share of every batch and gradients are averaged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -132,7 +133,8 @@ class Trainer:
                                  "(optim.batch_size / ranks / optim.grad_accum >= 2)")
             # only the reads `Contrast` counts; the other rows stay empty
             counted = contrast_reads(answer, windowed).nonzero()[:, 0].tolist()
-            other = grouped_pass(self.model, rows, [counted], state.rolled().rows(owner), self.pad_id)
+            with torch.no_grad() if self.cfg.objectives.contrast_detach else contextlib.nullcontext():
+                other = grouped_pass(self.model, rows, [counted], state.rolled().rows(owner), self.pad_id)
         return StepOutputs(student, teacher, answer, binding, state, other, windowed)
 
     def train_step(self, episodes) -> dict:

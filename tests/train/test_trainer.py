@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from deltamem.train import Trainer
+from deltamem.train.config import RecipeError
 from train_helpers import adapter_params
 
 
@@ -69,6 +70,18 @@ def test_contrast_reads_each_episode_with_another_episodes_memory(make_cfg):
     assert rec["contrast"] >= 0 and "contrast" in rec
     with pytest.raises(ValueError, match="two episodes or more"):
         tr.forward(enc[:1])
+
+
+def test_contrast_detach_reads_the_other_memory_without_gradient(make_cfg):
+    obj = {"distill": 0.0, "answer_ce": 1.0, "contrast": 1.0}
+    attached = Trainer(make_cfg(objectives=obj), progress=False)
+    enc = attached.encode(attached.stream.batch(0, 2))
+    assert attached.forward(enc).mismatched.logits.requires_grad
+    detached = Trainer(make_cfg(objectives=obj | {"contrast_detach": True}), progress=False)
+    out = detached.forward(detached.encode(detached.stream.batch(0, 2)))
+    assert out.student.logits.requires_grad and not out.mismatched.logits.requires_grad
+    with pytest.raises(RecipeError, match="contrast_detach must be bool"):
+        make_cfg(objectives=obj | {"contrast_detach": "yes"})
 
 
 def test_resume_continues_exactly(make_cfg):
