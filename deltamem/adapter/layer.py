@@ -93,11 +93,11 @@ class DeltaMemLayer(nn.Module):
         -> `(m [B, 1, H r], new state [B, H, r, r])`."""
         B = h.shape[0]
         H, r = self.num_heads, self.rank
-        W, c_b = self.W, self.c_b
         arrays = kernels.arrays(self, h, S)
         if arrays is not None:  # CPU inference: the whole step in one compiled call
             m, S_new = kernels.write_step(h.view(B, -1), S, arrays, mode)
             return m.view(B, 1, H * r), S_new
+        W, c_b = self.W, self.c_b
         x = F.linear(h.view(B, -1) if h.dtype == W.dtype else h.view(B, -1).to(W.dtype), W)
         x = (x if x.dtype == torch.float32 else x.float()).view(B, 4, H, r)  # [q; k; v; gate logits]
         t = torch.tanh(x[:, :2])  # [B, 2, H, r]

@@ -52,9 +52,10 @@ def arrays(layer, *activations: torch.Tensor) -> dict | None:
     """The kernels' view of a `DeltaMemLayer` where they apply to it and to `activations` (CPU float32
     tensors, gradients off: `torch.no_grad` or `inference_mode`, numba installed), else None.
 
-    The view maps "W", "c_b" and "U.<name>" to numpy arrays (and "scale" to the corrections' scale) sharing the parameters' memory; it is made
-    once and remade when a parameter's storage changes (`.to()`, a reassigned parameter), so an
-    in-place update (an optimiser step, `load_state_dict`) is seen without a copy."""
+    The view maps "W", "c_b" and "U.<name>" to numpy arrays sharing the parameters' memory (and "scale"
+    to the corrections' scale); it is made once and remade when a parameter's storage changes (`.to()`,
+    a reassigned parameter), so an in-place update (an optimiser step, `load_state_dict`) is seen
+    without a copy."""
     if torch.is_grad_enabled() or kernels() is None:
         return None
     for t in activations:
@@ -68,8 +69,8 @@ def arrays(layer, *activations: torch.Tensor) -> dict | None:
         return cached[1]
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
         return None
-    view = {"W": layer.W.detach().numpy(), "c_b": layer.c_b.detach().numpy()}
-    view.update({f"U.{name}": U.detach().numpy() for name, U in layer.U.items()})
+    view = {"W": own["W"].detach().numpy(), "c_b": own["c_b"].detach().numpy()}
+    view.update({f"U.{name}": U.detach().numpy() for name, U in low_rank.items()})
     view["scale"] = np.float32(layer.config.scale)
     layer.__dict__["_kernel_arrays"] = (key, view)
     return view
