@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 
 import torch
+from tqdm.auto import tqdm
 
 from ..data.locomo import load_locomo, locomo_messages, locomo_plain_texts
 from ..eval.locomo import DATE_HINT, QA_PROMPT
@@ -108,7 +109,7 @@ GENERAL_ROWS = 128
 
 
 def general_rows(model, renderer, tokens: int, rows: int, seed: int, answer_tokens: int = 24,
-                 batch: int = 32) -> list[list[int]]:
+                 batch: int = 32, progress: bool = False) -> list[list[int]]:
     """`rows` chats of exactly `tokens` tokens: short questions of general ability (`general_questions`),
     each answered greedily by the bare backbone (no memory is bound while it generates)."""
     rng = random.Random(seed)
@@ -118,7 +119,7 @@ def general_rows(model, renderer, tokens: int, rows: int, seed: int, answer_toke
     pad = pad if pad is not None else renderer.tokenizer.eos_token_id
     dev = next(model.parameters()).device
     answers: list[list[int]] = []
-    for i in range(0, len(questions), batch):
+    for i in tqdm(range(0, len(questions), batch), desc="preserve.general: the backbone answers", disable=not progress):
         prompts = [renderer.prompt([], q) for q in questions[i:i + batch]]
         width = max(map(len, prompts))
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
@@ -137,11 +138,13 @@ def general_rows(model, renderer, tokens: int, rows: int, seed: int, answer_toke
         if len(cur) >= tokens:
             out_rows.append(cur[-tokens:])
             cur = list(renderer.system_ids)
+    if not out_rows:
+        raise ValueError(f"preserve.tokens={tokens}: no general chat that long")
     return out_rows[:rows]
 
 
 def preservation_rows(tokenizer, renderer, cfg: DataConfig, tokens: int, chat_share: float, seed: int,
-                      general_share: float = 0.0, model=None) -> list[list[int]]:
+                      general_share: float = 0.0, model=None, progress: bool = False) -> list[list[int]]:
     """Rows of exactly `tokens` tokens for the preservation term: plain text of the recipe's LoCoMo
     conversations and, a `chat_share` of them, user/assistant exchanges of their turns; with
     `general_share` > 0, that share are chats of general questions the backbone answers (`general_rows`)."""
@@ -164,8 +167,8 @@ def preservation_rows(tokenizer, renderer, cfg: DataConfig, tokens: int, chat_sh
     rng = random.Random(seed)
     n = max(len(plain), len(chat))
     # distinct general chats: the backbone answers each (about 1 s per row on a CPU), a few hundred suffice
-    general = general_rows(model, renderer, tokens, min(GENERAL_ROWS, max(1, round(general_share * n))), seed) \
-        if general_share > 0 else []
+    general = general_rows(model, renderer, tokens, min(GENERAL_ROWS, max(1, round(general_share * n))), seed,
+                           progress=progress) if general_share > 0 else []
     rows = []
     for _ in range(n):
         if general and rng.random() < general_share:
