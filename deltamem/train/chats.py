@@ -190,28 +190,3 @@ def generate_chat(rng: random.Random, facts: tuple[int, int], sessions: tuple[in
         conv[f"session_{i}_date_time"] = _date(rng, day)
         conv[f"session_{i}"] = [{"speaker": sp, "dia_id": f"D{i}:{j}", "text": t} for j, (sp, t) in enumerate(turns_i, 1)]
     return {"sample_id": f"chat-{rng.randrange(10**9)}", "conversation": conv, "qa": qa}
-
-
-GENERAL = [  # questions of general ability, each filled from Faker or the pools; answered by the backbone itself
-    "What is {a} times {b}?", "What is {c} divided by {b}?", "Which continent is {country} in?",
-    "What language do most people in {country} speak?", "What is a famous dish from {country}?",
-    "Which month comes after {month}?", "How many days does {month} have?", "What does a {job} do?",
-    "How many letters are in the word \"{word}\"?", "What is the plural of \"{word}\"?",
-    "Give me a word that rhymes with \"{word}\".", "What does a {animal} eat?",
-    "Where does a {animal} usually sleep?", "What colour do you get when you mix {colour} and white?",
-    "Write one short sentence about {country}.", "What can I cook with {dish} leftovers?",
-]
-
-
-def general_questions(rng: random.Random, n: int) -> list[str]:
-    """`n` short questions of general knowledge, arithmetic and language, for the preservation term's
-    chat rows (`preserve.general`): the memory must leave the backbone's answers to them alone."""
-    en = _faker("en_US")
-    out = []
-    for _ in range(n):
-        en.seed_instance(rng.randrange(2**31))
-        a, b = rng.randint(2, 12), rng.randint(2, 12)
-        out.append(rng.choice(GENERAL).format(
-            a=a, b=b, c=a * b, country=en.country(), month=rng.choice(MONTHS), job=en.job().split(",")[0].lower(),
-            word=en.word(), animal=rng.choice(PETS), colour=en.safe_color_name(), dish=rng.choice(POOLS["food"])))
-    return out

@@ -115,21 +115,17 @@ class PreserveConfig:
     """KL(frozen backbone || backbone + the episode's memory) on text unrelated to the memory.
 
     weight: the term's weight (0 = off). tokens: tokens per row. chat: share of rows that are a chat
-    exchange (the LoCoMo conversations' turns as user/assistant) rather than plain text. general: share
-    of rows that are a chat of short general questions (arithmetic, places, words) with the bare
-    backbone's own greedy answers, so a memory leaves its general answers alone.
+    exchange (the LoCoMo conversations' turns as user/assistant) rather than plain text.
     """
 
     weight: float = 0.0
     tokens: int = 128
     chat: float = 0.5
-    general: float = 0.0
 
     def check(self):
         _at_least("preserve.weight", self.weight, 0)
         _at_least("preserve.tokens", self.tokens, 8)
         _share("preserve.chat", self.chat)
-        _share("preserve.general", self.general)
 
 
 GROUPS = ("project", "gates", "read")

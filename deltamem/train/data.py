@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import random
 
-import torch
-from tqdm.auto import tqdm
-
 from ..data.locomo import load_locomo, locomo_messages, locomo_plain_texts
 from ..eval.locomo import DATE_HINT, QA_PROMPT
-from .chats import SMALL_TALK, general_questions, generate_chat
+from .chats import SMALL_TALK, generate_chat
 from .config import DataConfig
 from .episode import Episode, Query
 
@@ -105,49 +102,9 @@ class EpisodeStream:
         return Episode(history, queries, "locomo")
 
 
-GENERAL_ROWS = 128
-
-
-def general_rows(model, renderer, tokens: int, rows: int, seed: int, answer_tokens: int = 24,
-                 batch: int = 32, progress: bool = False) -> list[list[int]]:
-    """`rows` chats of exactly `tokens` tokens: short questions of general ability (`general_questions`),
-    each answered greedily by the bare backbone (no memory is bound while it generates)."""
-    rng = random.Random(seed)
-    per_row = max(1, tokens // 24)
-    questions = general_questions(rng, rows * per_row + per_row)
-    pad = renderer.tokenizer.pad_token_id
-    pad = pad if pad is not None else renderer.tokenizer.eos_token_id
-    dev = next(model.parameters()).device
-    answers: list[list[int]] = []
-    for i in tqdm(range(0, len(questions), batch), desc="preserve.general: the backbone answers", disable=not progress):
-        prompts = [renderer.prompt([], q) for q in questions[i:i + batch]]
-        width = max(map(len, prompts))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=answer_tokens, do_sample=False,
-                                 pad_token_id=pad, eos_token_id=renderer.tokenizer.eos_token_id)
-        for row in out[:, width:].tolist():
-            end = row.index(renderer.tokenizer.eos_token_id) if renderer.tokenizer.eos_token_id in row else len(row)
-            answers.append(row[:end])
-    out_rows, cur = [], list(renderer.system_ids)
-    for q, a in zip(questions, answers):
-        reply = renderer.tokenizer.decode(a, skip_special_tokens=True).strip() or "I don't know."
-        cur += renderer.encode(renderer.message({"role": "user", "content": q}))
-        cur += renderer.encode(renderer.message({"role": "assistant", "content": reply}))
-        if len(cur) >= tokens:
-            out_rows.append(cur[-tokens:])
-            cur = list(renderer.system_ids)
-    if not out_rows:
-        raise ValueError(f"preserve.tokens={tokens}: no general chat that long")
-    return out_rows[:rows]
-
-
-def preservation_rows(tokenizer, renderer, cfg: DataConfig, tokens: int, chat_share: float, seed: int,
-                      general_share: float = 0.0, model=None, progress: bool = False) -> list[list[int]]:
+def preservation_rows(tokenizer, renderer, cfg: DataConfig, tokens: int, chat_share: float, seed: int) -> list[list[int]]:
     """Rows of exactly `tokens` tokens for the preservation term: plain text of the recipe's LoCoMo
-    conversations and, a `chat_share` of them, user/assistant exchanges of their turns; with
-    `general_share` > 0, that share are chats of general questions the backbone answers (`general_rows`)."""
+    conversations and, a `chat_share` of them, user/assistant exchanges of their turns."""
     plain = []
     for text in locomo_plain_texts(cfg.locomo_path, cfg.locomo_conversations):
         ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
@@ -166,13 +123,6 @@ def preservation_rows(tokenizer, renderer, cfg: DataConfig, tokens: int, chat_sh
         raise ValueError(f"preserve.tokens={tokens}: no row that long in {cfg.locomo_conversations}")
     rng = random.Random(seed)
     n = max(len(plain), len(chat))
-    # distinct general chats: the backbone answers each (about 1 s per row on a CPU), a few hundred suffice
-    general = general_rows(model, renderer, tokens, min(GENERAL_ROWS, max(1, round(general_share * n))), seed,
-                           progress=progress) if general_share > 0 else []
-    rows = []
-    for _ in range(n):
-        if general and rng.random() < general_share:
-            rows.append(rng.choice(general))
-        else:
-            rows.append(rng.choice(chat) if chat and (not plain or rng.random() < chat_share) else rng.choice(plain))
+    rows = [rng.choice(chat) if chat and (not plain or rng.random() < chat_share) else rng.choice(plain)
+            for _ in range(n)]
     return rows

@@ -66,7 +66,7 @@ class Trainer:
         self.end_id = tokenizer.eos_token_id
         self.stream = EpisodeStream(cfg.data, cfg.run.seed)
         rows = preservation_rows(tokenizer, self.renderer, cfg.data, cfg.preserve.tokens, cfg.preserve.chat,
-                                 cfg.run.seed, cfg.preserve.general, model, self.progress) if cfg.preserve.weight > 0 else None
+                                 cfg.run.seed) if cfg.preserve.weight > 0 else None
         self.objectives = build_objectives(cfg, model, rows)
         self.needs_teacher = any(o.needs_teacher for o in self.objectives)
         self.needs_mismatched = any(o.needs_mismatched for o in self.objectives)

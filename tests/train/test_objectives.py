@@ -137,19 +137,3 @@ def test_preserve_is_zero_without_memory_and_positive_with_one(make_cfg, locomo_
     full = MemoryState([torch.randn_like(t) * 3 for t in zero.tensors], zero.layers, zero.rank,
                        zero.num_state_heads, zero.fingerprint)
     assert float(pres(StepOutputs(None, None, None, None, full)).detach()) > 1e-4
-
-
-def test_preserve_general_rows_are_the_backbones_own_answers_to_general_questions(make_cfg, locomo_file):
-    from deltamem.train import Trainer
-    from deltamem.train.data import general_rows
-
-    cfg = make_cfg(data={"locomo_path": locomo_file, "locomo_conversations": ["conv-x"]},
-                   preserve={"weight": 1.0, "tokens": 64, "general": 1.0})
-    tr = Trainer(cfg, progress=False)
-    rows = [t for t in tr.objectives if t.name == "preserve"][0].rows
-    general = general_rows(tr.model, tr.renderer, 64, len(rows), cfg.run.seed)
-    assert rows and all(len(r) == 64 for r in rows)
-    assert {tuple(r) for r in rows} <= {tuple(r) for r in general}  # share 1.0: every row a general chat
-    assert general == general_rows(tr.model, tr.renderer, 64, len(rows), cfg.run.seed)  # greedy: deterministic
-    user = tr.renderer.encode(tr.renderer.message({"role": "user", "content": "x"}))[:2]  # the user header
-    assert any(r[i:i + 2] == user for r in general for i in range(len(r) - 1))
