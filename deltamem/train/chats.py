@@ -1,11 +1,16 @@
 """Generated multi-session chats between two people, as varied as real ones (docs/design.md section 5).
 
 Every surface feature a user's chat varies is drawn at random: names and places from Faker in many
-locales, jobs and companies, relatives and pets, who states a fact and how ("Funny story: ...", "my
+locales, jobs and companies, relatives and pets, who states a fact and how ("Fun fact: ...", "my
 sister Ana ..."), an acknowledgement or none, several facts a session, updates that overwrite an old
 value, LoCoMo-style session dates, and small talk taken from real conversations (LoCoMo turns) or a
 built-in pool. Each chat comes as a LoCoMo sample (`conversation`, `qa`), so it is written and asked
 exactly as `deltamem eval locomo` writes and asks a conversation. Questions come in many phrasings.
+
+Nothing here is taken from the dev memory probe (`../shared/data/probe/`): no question template,
+statement frame or opener, and no value of a pool is one of the probe's (tests/train/test_chats.py checks
+this whenever the probe sits beside the checkout), so that the probe measures transfer to a surface the
+training never saw.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from functools import lru_cache
 LOCALES = ["en_US", "en_GB", "en_IN", "en_AU", "en_IE", "de_DE", "fr_FR", "es_ES", "es_MX", "it_IT", "pt_BR",
            "pt_PT", "nl_NL", "pl_PL", "sv_SE", "tr_TR", "cs_CZ", "fi_FI", "da_DK", "ro_RO", "hu_HU", "id_ID"]
 
-RELATIVES = ["sister", "brother", "daughter", "son", "cousin", "niece", "nephew", "partner", "best friend",
-             "grandmother", "grandfather", "aunt", "uncle", "flatmate", "boss", "neighbour", "wife", "husband"]
+RELATIVES = ["sister", "brother", "son", "cousin", "niece", "nephew", "partner", "grandmother", "grandfather",
+             "aunt", "uncle", "flatmate", "boss", "neighbour", "wife", "husband", "godson", "stepdad"]
 PETS = ["dog", "cat", "parrot", "rabbit", "hamster", "tortoise", "horse", "goldfish", "puppy", "kitten"]
 POOLS = {
     "hobby": ["pottery", "rock climbing", "birdwatching", "knitting", "chess", "salsa dancing", "woodworking",
@@ -29,22 +34,16 @@ POOLS = {
                    "accordion", "flute", "piano", "bass guitar", "oboe"],
     "sport": ["badminton", "water polo", "squash", "netball", "curling", "handball", "volleyball", "rugby",
               "table tennis", "ice hockey", "lacrosse", "cricket"],
-    "allergy": ["peanuts", "cats", "pollen", "penicillin", "shellfish", "dust", "bee stings", "gluten", "latex"],
-    "car": ["Toyota", "Volvo", "Subaru", "Skoda", "Peugeot", "Kia", "Mazda", "Renault", "Fiat", "Tesla", "Hyundai"],
-    "collection": ["vinyl records", "stamps", "old maps", "coins", "postcards", "fountain pens", "snow globes",
-                   "comic books", "seashells", "teacups", "board games"],
     "drink": ["green tea", "espresso", "chai", "lemonade", "hot chocolate", "kombucha", "mint tea", "oat latte"],
     "language": ["Portuguese", "Japanese", "Swahili", "Korean", "Italian", "Polish", "Arabic", "Dutch", "Greek"],
-    "event": ["a marathon", "a triathlon", "a chess tournament", "a cycling race", "a dance competition",
-              "a half marathon", "a swimming gala", "a baking contest"],
 }
 
 # statement frames: "{v}" the value; "{r}" a relative/pet noun; None where the fact type has no noun
 FACT_TYPES = {
-    "relative": (["My {r} is called {v}.", "my {r} {v} is visiting next week.", "I had lunch with my {r} {v} today.",
+    "relative": (["My {r} is {v}.", "my {r} {v} is visiting next week.", "I had lunch with my {r} {v} today.",
                   "{v}, my {r}, just got a new job.", "my {r}'s name is {v}, did I ever tell you?",
                   "I'm helping my {r} {v} move house this weekend."],
-                 ["What is the name of {n}'s {r}?", "Who is {n}'s {r}?", "What is {n}'s {r} called?",
+                 ["What is the name of {n}'s {r}?", "Who is {n}'s {r}?", "What's {n}'s {r} called?",
                   "What's the name of {n}'s {r}?"]),
     "pet": (["we adopted a {r} and named it {v}.", "my {r} {v} chewed my shoes again.", "our {r} is called {v}.",
              "I got a {r}! Its name is {v}."],
@@ -57,33 +56,34 @@ FACT_TYPES = {
              ["Where does {n} live?", "Which city does {n} live in?", "Where is {n} based?"]),
     "company": (["I work at {v}.", "I just joined {v}.", "my employer is {v}."],
                 ["Where does {n} work?", "Which company does {n} work for?", "Who is {n}'s employer?"]),
+    "street": (["we live on {v} now.", "our new place is on {v}.", "I just moved to a house on {v}."],
+               ["Which street does {n} live on?", "What street is {n}'s home on?"]),
+    "holiday": (["we're flying to {v} for our holiday.", "I'm spending the summer in {v}.",
+                 "I booked two weeks in {v}."],
+                ["Where is {n} going on holiday?", "Which country is {n} travelling to?"]),
+    "author": (["my favourite writer is {v}.", "I've read every book by {v}."],
+               ["Who is {n}'s favourite author?", "Which writer does {n} read?"]),
+    "doctor": (["my dentist is Dr {v}.", "I finally found a good dentist, Dr {v}."],
+               ["What is the name of {n}'s dentist?", "Who is {n}'s dentist?"]),
     "colour": (["my favourite colour is {v}.", "I painted my room {v}, my favourite colour."],
                ["What is {n}'s favourite colour?", "Which colour does {n} like most?"]),
     "month": (["my birthday is in {v}.", "I was born in {v}."],
               ["When is {n}'s birthday?", "In which month was {n} born?"]),
     "hobby": (["I've taken up {v}.", "I spend my weekends on {v}.", "lately I'm really into {v}."],
               ["What hobby did {n} take up?", "What is {n} into lately?", "What does {n} do at weekends?"]),
-    "food": (["my favourite dish is {v}.", "I could eat {v} every day.", "nothing beats {v} for me."],
-             ["What is {n}'s favourite food?", "Which dish does {n} love?", "What is {n}'s favourite dish?"]),
+    "food": (["I could eat {v} every day.", "nothing beats {v} for me.", "{v} is what I cook when I'm happy."],
+             ["What is {n}'s favourite food?", "Which dish does {n} love?", "What does {n} like to eat most?"]),
     "instrument": (["I'm learning the {v}.", "I play the {v} in a band.", "I bought a {v} last month."],
                    ["Which instrument does {n} play?", "What instrument is {n} learning?"]),
     "sport": (["I play {v} twice a week.", "I joined a {v} team.", "{v} is my sport."],
               ["Which sport does {n} play?", "What sport is {n} into?"]),
-    "allergy": (["I'm allergic to {v}.", "I found out I have an allergy to {v}."],
-                ["What is {n} allergic to?", "Which allergy does {n} have?"]),
-    "car": (["I drive a {v}.", "I bought a used {v}.", "my car is a {v}."],
-            ["What car does {n} drive?", "Which car brand does {n} have?"]),
-    "collection": (["I collect {v}.", "I have a huge collection of {v}."],
-                   ["What does {n} collect?", "What kind of collection does {n} have?"]),
     "drink": (["my go-to drink is {v}.", "I start every day with {v}."],
               ["What is {n}'s favourite drink?", "What does {n} drink every morning?"]),
     "language": (["I'm learning {v}.", "I take {v} lessons on Tuesdays."],
                  ["Which language is {n} learning?", "What language does {n} study?"]),
-    "event": (["I'm training for {v}.", "I signed up for {v} in the spring."],
-              ["What is {n} training for?", "Which event did {n} sign up for?"]),
 }
-OPENERS = ["", "", "", "By the way, ", "Oh, ", "Funny story: ", "Guess what, ", "So, ", "Did I tell you? ",
-           "Random fact: ", "Anyway, ", "Speaking of which, ", "Big news: ", "Not sure I mentioned it, but "]
+OPENERS = ["", "", "", "Oh, ", "Guess what, ", "So, ", "Before I forget, ", "Fun fact: ", "Speaking of which, ",
+           "Big news: ", "I meant to say, ", "Something new: ", "Oh right, "]
 ACKS = ["That's great!", "Oh nice, good for you.", "Really? Tell me more.", "Ha, I didn't know that.",
         "Wow, that's lovely.", "Cool!", "No way!", "That sounds fun.", "Oh, interesting.", "Good to know."]
 UPDATES = ["Actually, change of plans: ", "Update: ", "Quick correction, ", "Things changed: "]
@@ -128,6 +128,14 @@ def _value(rng: random.Random, kind: str) -> tuple[str, str | None]:
         return f.city(), None
     if kind == "company":
         return f.company(), None
+    if kind == "street":
+        return f.street_name(), None
+    if kind == "holiday":
+        return en.country(), None
+    if kind == "author":
+        return f.name(), None
+    if kind == "doctor":
+        return f.last_name(), None
     if kind == "colour":
         return en.safe_color_name(), None
     if kind == "month":

@@ -54,3 +54,46 @@ def test_chats_do_not_depend_on_the_process_hash_salt():
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**__import__("os").environ, "PYTHONHASHSEED": str(salt)}).stdout for salt in (1, 2)}
     assert len(outs) == 1 and json.loads(outs.pop()) == _chat(7, facts=(2, 3), sessions=(2, 3), turns=(1, 4))
+
+
+def _dev_probe():
+    """The dev memory probe (LoCoMo format) when this checkout sits beside it, else None."""
+    import json
+    import os
+
+    path = os.environ.get("DELTAMEM_DEV_PROBE") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "..", "shared", "data", "probe", "dev_probe_locomo.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def test_the_generator_shares_no_phrasing_or_value_with_the_dev_probe():
+    """The dev probe measures transfer to a surface that is not ours: no question template, statement
+    frame (with its opener) or pool value of the generator may be one of the probe's."""
+    import pytest
+
+    from deltamem.train import chats as g
+
+    probe = _dev_probe()
+    if probe is None:
+        pytest.skip("the dev probe is not beside this checkout (set DELTAMEM_DEV_PROBE)")
+    p_questions, p_frames, p_answers = set(), set(), set()
+    for s in probe:
+        c = s["conversation"]
+        names = (c["speaker_a"], c["speaker_b"])
+        texts = [t["text"] for k, v in c.items() if k.startswith("session_") and isinstance(v, list) for t in v]
+        for q in s["qa"]:
+            answer = str(q["answer"])
+            p_answers.add(answer.lower())
+            question = q["question"]
+            for n in names:
+                question = question.replace(n, "{n}")
+            p_questions.add(question)
+            p_frames |= {t.replace(answer, "{v}") for t in texts if answer in t}
+    nouns = g.RELATIVES + g.PETS
+    ours_q = {q.replace("{r}", r) for _, qs in g.FACT_TYPES.values() for q in qs for r in nouns}
+    ours_f = {g._sentence(o + f.replace("{r}", r)) for fs, _ in g.FACT_TYPES.values() for f in fs
+              for o in g.OPENERS for r in nouns}
+    ours_v = {v.lower() for vs in g.POOLS.values() for v in vs}
+    assert not ours_q & p_questions
+    assert not ours_f & p_frames
+    assert not ours_v & p_answers
