@@ -82,6 +82,10 @@ FACT_TYPES = {
     "language": (["I'm learning {v}.", "I take {v} lessons on Tuesdays."],
                  ["Which language is {n} learning?", "What language does {n} study?"]),
 }
+# fact types whose values Faker makes: (in the chat's locale, else English; the Faker method)
+FAKER_VALUES = {"city": (True, "city"), "company": (True, "company"), "street": (True, "street_name"),
+                "author": (True, "name"), "doctor": (True, "last_name"), "holiday": (False, "country"),
+                "colour": (False, "safe_color_name")}
 OPENERS = ["", "", "", "Oh, ", "Guess what, ", "So, ", "Before I forget, ", "Fun fact: ", "Speaking of which, ",
            "Big news: ", "I meant to say, ", "Something new: ", "Oh right, "]
 ACKS = ["That's great!", "Oh nice, good for you.", "Really? Tell me more.", "Ha, I didn't know that.",
@@ -124,20 +128,9 @@ def _value(rng: random.Random, kind: str) -> tuple[str, str | None]:
     en.seed_instance(rng.randrange(2**31))
     if kind == "job":
         return en.job().split(",")[0].lower(), None
-    if kind == "city":
-        return f.city(), None
-    if kind == "company":
-        return f.company(), None
-    if kind == "street":
-        return f.street_name(), None
-    if kind == "holiday":
-        return en.country(), None
-    if kind == "author":
-        return f.name(), None
-    if kind == "doctor":
-        return f.last_name(), None
-    if kind == "colour":
-        return en.safe_color_name(), None
+    if kind in FAKER_VALUES:  # (Faker of the chat's locale or of English, its method)
+        local, method = FAKER_VALUES[kind]
+        return getattr(f if local else en, method)(), None
     if kind == "month":
         return rng.choice(MONTHS), None
     return rng.choice(POOLS[kind]), None
