@@ -128,7 +128,7 @@ def _value(rng: random.Random, kind: str) -> tuple[str, str | None]:
     en.seed_instance(rng.randrange(2**31))
     if kind == "job":
         return en.job().split(",")[0].lower(), None
-    if kind in FAKER_VALUES:  # (Faker of the chat's locale or of English, its method)
+    if kind in FAKER_VALUES:
         local, method = FAKER_VALUES[kind]
         return getattr(f if local else en, method)(), None
     if kind == "month":

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 
-from deltamem.data.locomo import locomo_messages
+import pytest
+
+from deltamem.data.locomo import load_locomo, locomo_messages
+from deltamem.train import chats as g
 from deltamem.train.chats import generate_chat
 
 
@@ -58,34 +62,25 @@ def test_chats_do_not_depend_on_the_process_hash_salt():
 
 def _dev_probe():
     """The dev memory probe (LoCoMo format) when this checkout sits beside it, else None."""
-    import json
-    import os
-
     path = os.environ.get("DELTAMEM_DEV_PROBE") or os.path.join(
         os.path.dirname(__file__), "..", "..", "..", "shared", "data", "probe", "dev_probe_locomo.json")
-    return json.load(open(path)) if os.path.exists(path) else None
+    return load_locomo(path) if os.path.exists(path) else None
 
 
 def test_the_generator_shares_no_phrasing_or_value_with_the_dev_probe():
     """The dev probe measures transfer to a surface that is not ours: no question template, statement
     frame (with its opener) or pool value of the generator may be one of the probe's."""
-    import pytest
-
-    from deltamem.train import chats as g
-
     probe = _dev_probe()
     if probe is None:
         pytest.skip("the dev probe is not beside this checkout (set DELTAMEM_DEV_PROBE)")
     p_questions, p_frames, p_answers = set(), set(), set()
     for s in probe:
-        c = s["conversation"]
-        names = (c["speaker_a"], c["speaker_b"])
-        texts = [t["text"] for k, v in c.items() if k.startswith("session_") and isinstance(v, list) for t in v]
+        texts = [m["content"] for m in locomo_messages(s)]
         for q in s["qa"]:
             answer = str(q["answer"])
             p_answers.add(answer.lower())
             question = q["question"]
-            for n in names:
+            for n in (s["conversation"]["speaker_a"], s["conversation"]["speaker_b"]):
                 question = question.replace(n, "{n}")
             p_questions.add(question)
             p_frames |= {t.replace(answer, "{v}") for t in texts if answer in t}
